@@ -1,0 +1,144 @@
+//! The subscriber side of the watch stream.
+//!
+//! [`run`] keeps a watch stream to the control service open for as long as
+//! the process lives: it says hello, hands every snapshot to the caller's
+//! `apply` function and answers with an ACK (applied) or a NACK (refused, the
+//! caller keeps its last good config). When the stream breaks it reconnects
+//! with exponential backoff and jitter; meanwhile the caller keeps serving
+//! from what it last applied, because nothing is applied until a new snapshot
+//! arrives. A snapshot whose version was already applied is acknowledged
+//! again without being re-applied.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::pb::{self, Snapshot, Tier, WatchRequest, watch_client::WatchClient, watch_request};
+
+/// Who is subscribing, and to which control service.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// Control service URL, e.g. `http://127.0.0.1:9400`.
+    pub endpoint: String,
+    /// The subscriber's stable id (a node id or a director id).
+    pub id: String,
+    pub tier: Tier,
+}
+
+/// Shared view of the watch's progress, for readiness and metrics.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    applied_version: AtomicU64,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl WatchState {
+    /// The last version applied (0 before the first snapshot).
+    pub fn applied_version(&self) -> u64 {
+        self.applied_version.load(Ordering::Acquire)
+    }
+    /// Whether a watch stream is open right now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// Errors of one watch session; all are retried by [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot connect to control at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("watch stream refused: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("watch stream ended by control")]
+    Ended,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the watch forever (until the returned future is dropped).
+pub async fn run<F>(sub: Subscription, state: Arc<WatchState>, mut apply: F)
+where
+    F: FnMut(&Snapshot) -> Result<(), String> + Send,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let e = session(&sub, &state, &mut apply).await;
+        if state.connected.swap(false, Ordering::AcqRel) {
+            // The session got through: start the backoff over.
+            backoff = BACKOFF_MIN;
+        }
+        tracing::warn!(error = %e, id = %sub.id, "control watch interrupted; keeping last config");
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session<F>(sub: &Subscription, state: &WatchState, apply: &mut F) -> WatchError
+where
+    F: FnMut(&Snapshot) -> Result<(), String> + Send,
+{
+    let mut client = match WatchClient::connect(sub.endpoint.clone()).await {
+        Ok(c) => c.max_decoding_message_size(64 << 20),
+        Err(source) => {
+            return WatchError::Connect {
+                endpoint: sub.endpoint.clone(),
+                source,
+            };
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(16);
+    let hello = WatchRequest {
+        msg: Some(watch_request::Msg::Hello(pb::Hello {
+            id: sub.id.clone(),
+            tier: sub.tier as i32,
+        })),
+    };
+    // The channel has room: this cannot block.
+    let _ = tx.send(hello).await;
+    let mut inbound = match client.watch(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return WatchError::Rpc(status),
+    };
+    state.connected.store(true, Ordering::Release);
+    tracing::info!(id = %sub.id, endpoint = %sub.endpoint, "control watch connected");
+    while let Some(snap) = inbound.next().await {
+        let snap = match snap {
+            Ok(s) => s,
+            Err(status) => return WatchError::Rpc(status),
+        };
+        let version = snap.version;
+        let error = if version == state.applied_version() {
+            String::new()
+        } else {
+            match apply(&snap) {
+                Ok(()) => {
+                    state.applied_version.store(version, Ordering::Release);
+                    tracing::info!(id = %sub.id, version, "applied config");
+                    String::new()
+                }
+                Err(e) => {
+                    tracing::error!(id = %sub.id, version, error = %e, "refused config (NACK); keeping last good config");
+                    e
+                }
+            }
+        };
+        let ack = WatchRequest {
+            msg: Some(watch_request::Msg::Ack(pb::Ack { version, error })),
+        };
+        if tx.send(ack).await.is_err() {
+            break;
+        }
+    }
+    WatchError::Ended
+}
