@@ -66,13 +66,26 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the watch forever (until the returned future is dropped).
-pub async fn run<F>(sub: Subscription, state: Arc<WatchState>, mut apply: F)
+pub async fn run<F>(sub: Subscription, state: Arc<WatchState>, apply: F)
 where
+    F: FnMut(&Snapshot) -> Result<(), String> + Send,
+{
+    run_with_reports(sub, state, None, apply).await
+}
+
+/// Like [`run`], and also sends the subscriber's health report (a director's
+/// view of its nodes) after connecting and whenever `reports` changes.
+pub async fn run_with_reports<F>(
+    sub: Subscription,
+    state: Arc<WatchState>,
+    mut reports: Option<tokio::sync::watch::Receiver<pb::HealthReport>>,
+    mut apply: F,
+) where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let e = session(&sub, &state, &mut apply).await;
+        let e = session(&sub, &state, reports.as_mut(), &mut apply).await;
         if state.connected.swap(false, Ordering::AcqRel) {
             // The session got through: start the backoff over.
             backoff = BACKOFF_MIN;
@@ -84,7 +97,12 @@ where
     }
 }
 
-async fn session<F>(sub: &Subscription, state: &WatchState, apply: &mut F) -> WatchError
+async fn session<F>(
+    sub: &Subscription,
+    state: &WatchState,
+    mut reports: Option<&mut tokio::sync::watch::Receiver<pb::HealthReport>>,
+    apply: &mut F,
+) -> WatchError
 where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
@@ -112,7 +130,38 @@ where
     };
     state.connected.store(true, Ordering::Release);
     tracing::info!(id = %sub.id, endpoint = %sub.endpoint, "control watch connected");
-    while let Some(snap) = inbound.next().await {
+    if let Some(r) = reports.as_mut() {
+        let report = r.borrow_and_update().clone();
+        let _ = tx
+            .send(WatchRequest {
+                msg: Some(watch_request::Msg::Health(report)),
+            })
+            .await;
+    }
+    loop {
+        let snap = tokio::select! {
+            snap = inbound.next() => match snap {
+                Some(s) => s,
+                None => break,
+            },
+            changed = async {
+                match reports.as_mut() {
+                    Some(r) => r.changed().await.map(|_| r.borrow_and_update().clone()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    Ok(report) => {
+                        if tx.send(WatchRequest { msg: Some(watch_request::Msg::Health(report)) }).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The reporter is gone: stop reporting, keep watching.
+                    Err(_) => reports = None,
+                }
+                continue;
+            }
+        };
         let snap = match snap {
             Ok(s) => s,
             Err(status) => return WatchError::Rpc(status),

@@ -1,1 +1,379 @@
+//! Tandem's L7 node.
+//!
+//! A node accepts TCP connections (usually relayed by a director, which opens
+//! each with a PROXY v2 header carrying the real client address), terminates
+//! TLS with rustls (certificate chosen by SNI), routes HTTP requests by host
+//! and path to an application cluster and proxies them with hyper, telling the
+//! application who the client is (X-Forwarded-For, or a PROXY v2 header on the
+//! upstream connection when the cluster asks for it).
+//!
+//! A request passes these stages, one module each: [`listener`] (accept,
+//! PROXY header, TLS, HTTP/1.1 or h2), [`router`] (host and path to a
+//! cluster), [`cluster`] (endpoint choice), [`forward`] (the upstream request
+//! and the response). [`tls`] resolves certificates, [`metrics`] counts.
+//!
+//! Configuration comes from the control service's watch stream
+//! ([`Node::apply`]) and is swapped atomically: new connections and requests
+//! see the new config, open connections keep their TLS session.
 #![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod forward;
+pub mod listener;
+pub mod metrics;
+pub mod proxy_accept;
+pub mod router;
+pub mod tls;
+mod upstream;
+
+pub(crate) use ::proxy_protocol as pp;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use control_api::Snapshot;
+use observe::Readiness;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use proxy_accept::{AcceptError, Rewind};
+
+/// Whether the traffic listener accepts a PROXY header before TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocolMode {
+    /// Never read one: the first byte belongs to TLS.
+    Off,
+    /// Read one if a trusted peer sends it; connections without one are
+    /// served with the socket peer as the client.
+    #[default]
+    Optional,
+    /// Every connection must open with one (from a trusted peer).
+    Required,
+}
+
+/// How a node runs; the rest of its config comes from control.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Stable id, e.g. "node-2"; also sent as response header `x-tandem-node`.
+    pub id: String,
+    /// TLS listener.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz` via `observe::serve_admin`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Default [`ProxyProtocolMode::Optional`].
+    pub proxy_protocol: ProxyProtocolMode,
+    /// CIDRs allowed to send a PROXY header; default 127.0.0.0/8 and ::1/128.
+    pub trusted_proxies: Vec<(IpAddr, u8)>,
+    /// How long in-flight connections may take to finish at shutdown; default 30 s.
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A config with the defaults for everything but the id and listener.
+    pub fn new(id: impl Into<String>, listen: SocketAddr) -> Self {
+        NodeConfig {
+            id: id.into(),
+            listen,
+            admin_listen: None,
+            proxy_protocol: ProxyProtocolMode::Optional,
+            trusted_proxies: default_trusted_proxies(),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// 127.0.0.0/8 and ::1/128.
+pub fn default_trusted_proxies() -> Vec<(IpAddr, u8)> {
+    vec![
+        (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+        (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+    ]
+}
+
+/// Whether `ip` lies in `net/len` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    match (net.to_canonical(), ip.to_canonical()) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let len = u32::from(len.min(32));
+            if len == 0 {
+                return true;
+            }
+            let mask = u32::MAX << (32 - len);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let len = u32::from(len.min(128));
+            if len == 0 {
+                return true;
+            }
+            let mask = u128::MAX << (128 - len);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Errors of [`run`].
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The compiled form of one snapshot: what requests and handshakes use.
+pub(crate) struct Runtime {
+    pub version: u64,
+    /// `None` until a snapshot with a certificate arrives: handshakes fail.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub router: router::Router,
+    pub clusters: HashMap<String, Arc<cluster::Cluster>>,
+}
+
+impl Runtime {
+    fn empty() -> Self {
+        Runtime {
+            version: 0,
+            tls: None,
+            router: router::Router::default(),
+            clusters: HashMap::new(),
+        }
+    }
+}
+
+/// An L7 node. Create with [`Node::new`], feed it snapshots with
+/// [`Node::apply`], run it with [`Node::serve`].
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) metrics: metrics::Metrics,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    has_certs: AtomicBool,
+    /// Control marked this node draining or disabled.
+    drained_by_control: AtomicBool,
+    shutting_down: AtomicBool,
+    tls_shared: tls::Shared,
+    pub(crate) clients: upstream::ClientCache,
+    /// Random per process: makes request and connection ids unique.
+    pub(crate) instance: u64,
+    pub(crate) node_header: http::HeaderValue,
+    next_conn_id: AtomicU64,
+    next_request_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.config.id)
+            .field("version", &self.runtime.load().version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(config: NodeConfig) -> Arc<Node> {
+        let mut registry = Registry::default();
+        let metrics = metrics::Metrics::register(&mut registry);
+        let instance = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let node_header = http::HeaderValue::from_str(&config.id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-node-id"));
+        Arc::new(Node {
+            config,
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            metrics,
+            registry: Arc::new(registry),
+            readiness: Readiness::default(),
+            has_certs: AtomicBool::new(false),
+            drained_by_control: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            tls_shared: tls::Shared::new(),
+            clients: upstream::ClientCache::default(),
+            instance,
+            node_header,
+            next_conn_id: AtomicU64::new(1),
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The version of the snapshot in use (0 before the first).
+    pub fn config_version(&self) -> u64 {
+        self.runtime.load().version
+    }
+
+    /// Compiles a snapshot into the node's runtime config (router, clusters,
+    /// certificate resolver) and swaps it in atomically. `Err(message)` if the
+    /// snapshot cannot be used (e.g. a certificate that does not parse); the
+    /// previous config stays.
+    pub fn apply(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let tls = if snapshot.certificates.is_empty() {
+            None
+        } else {
+            let resolver = tls::CertResolver::compile(&snapshot.certificates)?;
+            Some(tls::server_config(Arc::new(resolver), &self.tls_shared)?)
+        };
+        let router = router::Router::compile(&snapshot.routes)?;
+        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        for c in &snapshot.clusters {
+            let compiled = cluster::Cluster::compile(c, &self.clients)?;
+            if clusters
+                .insert(c.name.clone(), Arc::new(compiled))
+                .is_some()
+            {
+                return Err(format!("cluster {:?} defined twice", c.name));
+            }
+        }
+        for r in &snapshot.routes {
+            if !clusters.contains_key(&r.cluster) {
+                tracing::warn!(route = %r.name, cluster = %r.cluster, "route names an unknown cluster; its requests get 503");
+            }
+        }
+        let drained = snapshot.nodes.iter().any(|n| {
+            n.id == self.config.id
+                && (n.state == control_api::NodeState::Draining as i32
+                    || n.state == control_api::NodeState::Disabled as i32)
+        });
+        let has_certs = tls.is_some();
+        self.runtime.store(Arc::new(Runtime {
+            version: snapshot.version,
+            tls,
+            router,
+            clusters,
+        }));
+        self.metrics
+            .config_version
+            .set(i64::try_from(snapshot.version).unwrap_or(i64::MAX));
+        self.has_certs.store(has_certs, Ordering::Release);
+        self.drained_by_control.store(drained, Ordering::Release);
+        self.update_readiness();
+        Ok(())
+    }
+
+    /// Accept loop on an already-bound listener until `shutdown` is
+    /// cancelled; then stops accepting, sets readiness false, lets in-flight
+    /// connections finish up to `drain_timeout`, and returns.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        listener::serve(self, listener, shutdown).await
+    }
+
+    /// Ready once a snapshot with at least one certificate is applied; false
+    /// while draining.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    pub(crate) fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.update_readiness();
+    }
+
+    fn update_readiness(&self) {
+        self.readiness.set(
+            self.has_certs.load(Ordering::Acquire)
+                && !self.drained_by_control.load(Ordering::Acquire)
+                && !self.shutting_down.load(Ordering::Acquire),
+        );
+    }
+
+    pub(crate) fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.config
+            .trusted_proxies
+            .iter()
+            .any(|&(net, len)| cidr_contains(net, len, ip))
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_request_id(&self) -> String {
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.instance)
+    }
+}
+
+/// Binds `listen` and `admin_listen`, subscribes to control (watch stream,
+/// tier node, id `config.id`), serves until `shutdown`, drains.
+pub async fn run(
+    config: NodeConfig,
+    control_endpoint: String,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what: "traffic",
+            addr: config.listen,
+            source,
+        })?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    what: "admin",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let node = Node::new(config);
+    tracing::info!(
+        id = %node.config.id,
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        control = %control_endpoint,
+        "node starting"
+    );
+
+    let admin_task = admin.map(|l| {
+        let stop = shutdown.clone();
+        tokio::spawn(observe::serve_admin(
+            l,
+            node.registry(),
+            node.readiness(),
+            async move { stop.cancelled().await },
+        ))
+    });
+
+    let sub = control_api::watch::Subscription {
+        endpoint: control_endpoint,
+        id: node.config.id.clone(),
+        tier: control_api::Tier::Node,
+    };
+    let applier = node.clone();
+    let watch_task = tokio::spawn(control_api::watch::run(
+        sub,
+        Arc::new(control_api::watch::WatchState::default()),
+        move |snap: &Snapshot| applier.apply(snap),
+    ));
+
+    node.clone().serve(listener, shutdown).await;
+
+    watch_task.abort();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!(id = %node.config.id, "node stopped");
+    Ok(())
+}

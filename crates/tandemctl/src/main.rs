@@ -1,2 +1,844 @@
+//! `tandemctl`: the Tandem admin CLI. Reads and changes the control
+//! service's desired state and shows which version each director and node
+//! applied.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod table;
+mod target;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use control_api::pb::{
+    self, Change, GetStateRequest, NodeState, ResourceKind, Snapshot, StatusRequest,
+    StatusResponse, SubscriberStatus, Tier, admin_client::AdminClient, change,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use table::Table;
+
+#[derive(Parser, Debug)]
+#[command(name = "tandemctl", version, about = "Tandem admin CLI")]
+struct Cli {
+    /// Control service URL (else $TANDEM_CONTROL, else .tandem/tandemctl.toml, else http://127.0.0.1:9400).
+    #[arg(long, global = true, env = "TANDEM_CONTROL")]
+    control: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Control's version, every node and director, and whether each runs it.
+    Status,
+    /// List and change L7 nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// List routes.
+    #[command(subcommand)]
+    Route(ListCmd),
+    /// List clusters.
+    #[command(subcommand)]
+    Cluster(ListCmd),
+    /// List services (VIPs).
+    #[command(subcommand)]
+    Service(ListCmd),
+    /// List certificates (names, SNI, default; never keys).
+    #[command(subcommand)]
+    Cert(ListCmd),
+    /// Print one line per new version of the state (subscribes like a node does).
+    Watch,
+    /// A service's Maglev table: slots and share of new flows per node.
+    /// Computed here from the state: every director builds the same table
+    /// (before health checks take nodes out).
+    Table {
+        /// Service name.
+        service: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    /// List them.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List nodes.
+    List,
+    /// Add a node.
+    Add {
+        id: String,
+        /// ip:port of the node's traffic listener.
+        #[arg(long)]
+        address: String,
+        /// ip:port of the node's admin listener.
+        #[arg(long, default_value = "")]
+        admin_address: String,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        #[arg(long, default_value = "default")]
+        pool: String,
+    },
+    /// Keep the node's flows, send it no new ones.
+    Drain { id: String },
+    /// Put the node back in service.
+    Activate { id: String },
+    /// Take the node out of every table.
+    Disable { id: String },
+    /// Set the node's weight.
+    Weight { id: String, weight: u32 },
+    /// Remove the node.
+    Remove { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let url = target::control_url(cli.control.clone(), &cwd)?;
+    let ctl = Ctl::connect(url, cli.output).await?;
+    match cli.command {
+        Command::Status => ctl.status().await,
+        Command::Node(cmd) => ctl.node(cmd).await,
+        Command::Route(ListCmd::List) => ctl.list(Kind::Route).await,
+        Command::Cluster(ListCmd::List) => ctl.list(Kind::Cluster).await,
+        Command::Service(ListCmd::List) => ctl.list(Kind::Service).await,
+        Command::Table { service } => ctl.table(&service).await,
+        Command::Cert(ListCmd::List) => ctl.list(Kind::Cert).await,
+        Command::Watch => ctl.watch().await,
+    }
+}
+
+/// The text of the innermost error, e.g. "connection refused".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+        match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+            std::io::ErrorKind::TimedOut => return "timed out".into(),
+            _ => {}
+        }
+    }
+    cur.to_string()
+}
+
+struct Ctl {
+    url: String,
+    output: Output,
+    channel: Channel,
+}
+
+enum Kind {
+    Route,
+    Cluster,
+    Service,
+    Cert,
+}
+
+const MAX_MESSAGE: usize = 64 << 20;
+const ATTEMPTS: usize = 3;
+
+impl Ctl {
+    async fn connect(url: String, output: Output) -> Result<Self> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| anyhow!("invalid control URL {url:?}: {}", root_cause(&e)))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot reach control at {url}: {}", root_cause(&e)))?;
+        Ok(Self {
+            url,
+            output,
+            channel,
+        })
+    }
+
+    fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A clear message for a failed call.
+    fn rpc_error(&self, s: &tonic::Status) -> anyhow::Error {
+        use tonic::Code;
+        let msg = s.message();
+        match s.code() {
+            Code::InvalidArgument => anyhow!("invalid argument: {msg}"),
+            Code::NotFound => anyhow!("not found: {msg}"),
+            Code::AlreadyExists => anyhow!("already exists: {msg}"),
+            Code::Aborted => anyhow!("conflict: {msg}"),
+            Code::Unavailable => anyhow!("cannot reach control at {}: {msg}", self.url),
+            Code::DeadlineExceeded => anyhow!("control at {} did not answer in time", self.url),
+            Code::Unauthenticated => anyhow!("unauthenticated: {msg}"),
+            Code::PermissionDenied => anyhow!("permission denied: {msg}"),
+            Code::Unimplemented => {
+                anyhow!("{} does not serve the Tandem control API: {msg}", self.url)
+            }
+            other => anyhow!("control answered {other:?}: {msg}"),
+        }
+    }
+
+    async fn get_state(&self) -> Result<Snapshot> {
+        self.admin()
+            .get_state(GetStateRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.rpc_error(&s))
+    }
+
+    async fn get_status(&self) -> Result<StatusResponse> {
+        self.admin()
+            .status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.rpc_error(&s))
+    }
+
+    fn print_json(&self, v: &Value) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<()> {
+        let state = self.get_state().await?;
+        let status = self.get_status().await?;
+        let version = status.version;
+        let by_id = |id: &str| status.subscribers.iter().find(|s| s.id == id);
+        let in_sync = |s: Option<&SubscriberStatus>| s.is_some_and(|s| s.acked_version == version);
+        let directors: Vec<&SubscriberStatus> = status
+            .subscribers
+            .iter()
+            .filter(|s| s.tier == Tier::Director as i32)
+            .collect();
+        // A node's health as the connected directors' checks see it.
+        let health = |id: &str| -> (&'static str, String) {
+            let mut seen = false;
+            let mut down = Vec::new();
+            for d in directors.iter().filter(|d| d.connected) {
+                if let Some(h) = d.node_health.iter().find(|h| h.node_id == id) {
+                    seen = true;
+                    if !h.healthy {
+                        down.push(format!("{}: {}", d.id, h.detail));
+                    }
+                }
+            }
+            match (seen, down.is_empty()) {
+                (false, _) => ("unknown", String::new()),
+                (true, true) => ("up", String::new()),
+                (true, false) => ("down", down.join("; ")),
+            }
+        };
+        if self.output == Output::Json {
+            let nodes: Vec<Value> = state
+                .nodes
+                .iter()
+                .map(|n| {
+                    let s = by_id(&n.id);
+                    let (h, why) = health(&n.id);
+                    json!({
+                        "id": n.id,
+                        "health": h,
+                        "health_detail": why,
+                        "address": n.address,
+                        "admin_address": n.admin_address,
+                        "state": node_state(n.state),
+                        "weight": n.weight,
+                        "pool": n.pool,
+                        "connected": s.is_some_and(|s| s.connected),
+                        "applied_version": s.map_or(0, |s| s.acked_version),
+                        "in_sync": in_sync(s),
+                        "last_error": s.map_or("", |s| s.last_error.as_str()),
+                    })
+                })
+                .collect();
+            let dirs: Vec<Value> = directors
+                .iter()
+                .map(|s| {
+                    json!({
+                        "id": s.id,
+                        "connected": s.connected,
+                        "applied_version": s.acked_version,
+                        "in_sync": s.acked_version == version,
+                        "last_error": s.last_error,
+                    })
+                })
+                .collect();
+            return self.print_json(&json!({
+                "control": self.url,
+                "version": version,
+                "nodes": nodes,
+                "directors": dirs,
+            }));
+        }
+        println!("control {}  version {version}", self.url);
+        println!();
+        let mut t = Table::new(&[
+            "NODE",
+            "ADDRESS",
+            "STATE",
+            "WEIGHT",
+            "POOL",
+            "HEALTH",
+            "CONNECTED",
+            "APPLIED",
+            "IN-SYNC",
+            "LAST-ERROR",
+        ]);
+        for n in &state.nodes {
+            let s = by_id(&n.id);
+            let (h, why) = health(&n.id);
+            t.row(vec![
+                n.id.clone(),
+                n.address.clone(),
+                node_state(n.state),
+                n.weight.to_string(),
+                n.pool.clone(),
+                if why.is_empty() {
+                    h.to_string()
+                } else {
+                    format!("{h} ({why})")
+                },
+                yes_no(s.is_some_and(|s| s.connected)),
+                applied(s),
+                sync_mark(s, version),
+                s.map_or(String::new(), |s| s.last_error.clone()),
+            ]);
+        }
+        print!("{}", t.render());
+        println!();
+        let mut t = Table::new(&["DIRECTOR", "CONNECTED", "APPLIED", "IN-SYNC", "LAST-ERROR"]);
+        for s in &directors {
+            t.row(vec![
+                s.id.clone(),
+                yes_no(s.connected),
+                applied(Some(s)),
+                sync_mark(Some(s), version),
+                s.last_error.clone(),
+            ]);
+        }
+        print!("{}", t.render());
+        Ok(())
+    }
+
+    async fn table(&self, service: &str) -> Result<()> {
+        let state = self.get_state().await?;
+        let svc = state
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| anyhow!("no service {service:?}"))?;
+        let pool = |p: &str| {
+            if p.is_empty() {
+                "default".to_string()
+            } else {
+                p.to_string()
+            }
+        };
+        let members: Vec<&pb::Node> = state
+            .nodes
+            .iter()
+            .filter(|n| pool(&n.pool) == pool(&svc.node_pool))
+            .collect();
+        let backends: Vec<maglev::Backend> = members
+            .iter()
+            .filter(|n| n.state == NodeState::Active as i32 && n.weight > 0)
+            .map(|n| maglev::Backend {
+                name: n.id.clone(),
+                weight: n.weight,
+            })
+            .collect();
+        let m = if svc.table_size == 0 {
+            control_api::DEFAULT_TABLE_SIZE
+        } else {
+            svc.table_size
+        };
+        let table =
+            maglev::Table::build(&backends, m).map_err(|e| anyhow!("building the table: {e}"))?;
+        let share: std::collections::HashMap<String, usize> = table.share().into_iter().collect();
+        let rows: Vec<(String, String, u32, usize)> = members
+            .iter()
+            .map(|n| {
+                (
+                    n.id.clone(),
+                    node_state(n.state),
+                    n.weight,
+                    share.get(&n.id).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        if self.output == Output::Json {
+            let nodes: Vec<Value> = rows
+                .iter()
+                .map(|(id, st, w, slots)| {
+                    json!({"id": id, "state": st, "weight": w, "slots": slots, "share": *slots as f64 / m as f64})
+                })
+                .collect();
+            return self.print_json(&json!({
+                "service": service,
+                "table_size": m,
+                "hash_version": maglev::HASH_VERSION,
+                "version": state.version,
+                "nodes": nodes,
+            }));
+        }
+        println!(
+            "service {service}  table size {m}  state version {}",
+            state.version
+        );
+        println!();
+        let mut t = Table::new(&["NODE", "STATE", "WEIGHT", "SLOTS", "SHARE"]);
+        for (id, st, w, slots) in rows {
+            t.row(vec![
+                id,
+                st,
+                w.to_string(),
+                slots.to_string(),
+                format!("{:.2}%", slots as f64 * 100.0 / m as f64),
+            ]);
+        }
+        print!("{}", t.render());
+        Ok(())
+    }
+
+    async fn list(&self, kind: Kind) -> Result<()> {
+        let s = self.get_state().await?;
+        let (json, table): (Vec<Value>, Table) = match kind {
+            Kind::Route => {
+                let mut t = Table::new(&["NAME", "HOST", "PATH-PREFIX", "CLUSTER"]);
+                let mut j = Vec::new();
+                for r in &s.routes {
+                    t.row(vec![
+                        r.name.clone(),
+                        if r.host.is_empty() {
+                            "*".into()
+                        } else {
+                            r.host.clone()
+                        },
+                        if r.path_prefix.is_empty() {
+                            "/".into()
+                        } else {
+                            r.path_prefix.clone()
+                        },
+                        r.cluster.clone(),
+                    ]);
+                    j.push(json!({"name": r.name, "host": r.host, "path_prefix": r.path_prefix, "cluster": r.cluster}));
+                }
+                (j, t)
+            }
+            Kind::Cluster => {
+                let mut t = Table::new(&[
+                    "NAME",
+                    "LB-POLICY",
+                    "UPSTREAM-PROXY",
+                    "CONNECT-TIMEOUT",
+                    "ENDPOINTS",
+                ]);
+                let mut j = Vec::new();
+                for c in &s.clusters {
+                    let lb = enum_name(
+                        pb::LbPolicy::try_from(c.lb_policy).map(|e| e.as_str_name()),
+                        "LB_POLICY_",
+                        c.lb_policy,
+                    );
+                    let pp = enum_name(
+                        pb::UpstreamProxyProtocol::try_from(c.proxy_protocol)
+                            .map(|e| e.as_str_name()),
+                        "UPSTREAM_PROXY_PROTOCOL_",
+                        c.proxy_protocol,
+                    );
+                    let timeout = if c.connect_timeout_ms == 0 {
+                        2000
+                    } else {
+                        c.connect_timeout_ms
+                    };
+                    let eps: Vec<String> = c
+                        .endpoints
+                        .iter()
+                        .map(|e| format!("{}*{}", e.address, e.weight.max(1)))
+                        .collect();
+                    t.row(vec![
+                        c.name.clone(),
+                        lb.clone(),
+                        pp.clone(),
+                        format!("{timeout}ms"),
+                        eps.join(","),
+                    ]);
+                    j.push(json!({
+                        "name": c.name,
+                        "lb_policy": lb,
+                        "proxy_protocol": pp,
+                        "connect_timeout_ms": timeout,
+                        "endpoints": c.endpoints.iter().map(|e| json!({"address": e.address, "weight": e.weight.max(1)})).collect::<Vec<_>>(),
+                    }));
+                }
+                (j, t)
+            }
+            Kind::Service => {
+                let mut t = Table::new(&["NAME", "ADDRESS", "POOL", "TABLE-SIZE", "HASH"]);
+                let mut j = Vec::new();
+                for v in &s.services {
+                    let size = if v.table_size == 0 {
+                        control_api::DEFAULT_TABLE_SIZE
+                    } else {
+                        v.table_size
+                    };
+                    let hash = enum_name(
+                        pb::HashFields::try_from(v.hash).map(|e| e.as_str_name()),
+                        "HASH_FIELDS_",
+                        v.hash,
+                    );
+                    t.row(vec![
+                        v.name.clone(),
+                        v.address.clone(),
+                        v.node_pool.clone(),
+                        size.to_string(),
+                        hash.clone(),
+                    ]);
+                    j.push(json!({"name": v.name, "address": v.address, "node_pool": v.node_pool, "table_size": size, "hash": hash}));
+                }
+                (j, t)
+            }
+            Kind::Cert => {
+                let mut t = Table::new(&["NAME", "SNI", "DEFAULT"]);
+                let mut j = Vec::new();
+                for c in &s.certificates {
+                    t.row(vec![
+                        c.name.clone(),
+                        c.sni_names.join(","),
+                        yes_no(c.default),
+                    ]);
+                    j.push(json!({"name": c.name, "sni_names": c.sni_names, "default": c.default}));
+                }
+                (j, t)
+            }
+        };
+        match self.output {
+            Output::Json => self.print_json(&Value::Array(json)),
+            Output::Table => {
+                print!("{}", table.render());
+                Ok(())
+            }
+        }
+    }
+
+    async fn node(&self, cmd: NodeCmd) -> Result<()> {
+        match cmd {
+            NodeCmd::List => {
+                let s = self.get_state().await?;
+                if self.output == Output::Json {
+                    let v: Vec<Value> = s.nodes.iter().map(node_json).collect();
+                    return self.print_json(&Value::Array(v));
+                }
+                let mut t =
+                    Table::new(&["ID", "ADDRESS", "ADMIN-ADDRESS", "STATE", "WEIGHT", "POOL"]);
+                for n in &s.nodes {
+                    t.row(vec![
+                        n.id.clone(),
+                        n.address.clone(),
+                        n.admin_address.clone(),
+                        node_state(n.state),
+                        n.weight.to_string(),
+                        n.pool.clone(),
+                    ]);
+                }
+                print!("{}", t.render());
+                Ok(())
+            }
+            NodeCmd::Add {
+                id,
+                address,
+                admin_address,
+                weight,
+                pool,
+            } => {
+                let node = pb::Node {
+                    id: id.clone(),
+                    address,
+                    admin_address,
+                    weight,
+                    state: NodeState::Active as i32,
+                    pool,
+                };
+                self.modify_node(&id.clone(), move |existing| match existing {
+                    Some(_) => bail!("node {id:?} already exists"),
+                    None => Ok(Edit::Put(node.clone(), "added".into())),
+                })
+                .await
+            }
+            NodeCmd::Drain { id } => self.set_state(id, NodeState::Draining).await,
+            NodeCmd::Activate { id } => self.set_state(id, NodeState::Active).await,
+            NodeCmd::Disable { id } => self.set_state(id, NodeState::Disabled).await,
+            NodeCmd::Weight { id, weight } => {
+                self.modify_node(&id.clone(), move |existing| {
+                    let n = existing.ok_or_else(|| anyhow!("not found: no node {id:?}"))?;
+                    if n.weight == weight {
+                        return Ok(Edit::Nothing(format!("weight already {weight}")));
+                    }
+                    let what = format!("weight {} -> {weight}", n.weight);
+                    Ok(Edit::Put(
+                        pb::Node {
+                            weight,
+                            ..n.clone()
+                        },
+                        what,
+                    ))
+                })
+                .await
+            }
+            NodeCmd::Remove { id } => {
+                self.modify_node(&id.clone(), move |existing| {
+                    existing.ok_or_else(|| anyhow!("not found: no node {id:?}"))?;
+                    Ok(Edit::Delete("removed".into()))
+                })
+                .await
+            }
+        }
+    }
+
+    async fn set_state(&self, id: String, to: NodeState) -> Result<()> {
+        self.modify_node(&id.clone(), move |existing| {
+            let n = existing.ok_or_else(|| anyhow!("not found: no node {id:?}"))?;
+            let from = node_state(n.state);
+            let to_name = node_state(to as i32);
+            if n.state == to as i32 {
+                return Ok(Edit::Nothing(format!("already {to_name}")));
+            }
+            Ok(Edit::Put(
+                pb::Node {
+                    state: to as i32,
+                    ..n.clone()
+                },
+                format!("{from} -> {to_name}"),
+            ))
+        })
+        .await
+    }
+
+    /// Read-modify-write of one node, retried when the state moved on
+    /// between the read and the write.
+    async fn modify_node<F>(&self, id: &str, edit: F) -> Result<()>
+    where
+        F: Fn(Option<&pb::Node>) -> Result<Edit>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let state = self.get_state().await?;
+            let existing = state.nodes.iter().find(|n| n.id == id);
+            let (change, what, node) = match edit(existing)? {
+                Edit::Nothing(what) => {
+                    return self.report(id, &what, state.version, existing, false);
+                }
+                Edit::Put(node, what) => (change::Change::PutNode(node.clone()), what, Some(node)),
+                Edit::Delete(what) => (
+                    change::Change::Delete(pb::Delete {
+                        kind: ResourceKind::Node as i32,
+                        name: id.to_string(),
+                    }),
+                    what,
+                    None,
+                ),
+            };
+            let req = pb::ApplyRequest {
+                changes: vec![Change {
+                    change: Some(change),
+                }],
+                expected_version: state.version,
+            };
+            match self.admin().apply(req).await {
+                Ok(r) => {
+                    let version = r.into_inner().version;
+                    return self.report(id, &what, version, node.as_ref(), true);
+                }
+                Err(s) if s.code() == tonic::Code::Aborted && attempt < ATTEMPTS => continue,
+                Err(s) if s.code() == tonic::Code::Aborted => {
+                    bail!(
+                        "the state kept changing; gave up after {ATTEMPTS} attempts: {}",
+                        s.message()
+                    )
+                }
+                Err(s) => return Err(self.rpc_error(&s)),
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        id: &str,
+        what: &str,
+        version: u64,
+        node: Option<&pb::Node>,
+        changed: bool,
+    ) -> Result<()> {
+        match self.output {
+            Output::Json => self.print_json(&json!({
+                "id": id,
+                "change": what,
+                "changed": changed,
+                "version": version,
+                "node": node.map(node_json),
+            })),
+            Output::Table => {
+                println!("{id}: {what} (version {version})");
+                Ok(())
+            }
+        }
+    }
+
+    async fn watch(&self) -> Result<()> {
+        use tokio_stream::StreamExt;
+        let id = format!("tandemctl-{}", std::process::id());
+        let mut client = pb::watch_client::WatchClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let hello = pb::WatchRequest {
+            msg: Some(pb::watch_request::Msg::Hello(pb::Hello {
+                id,
+                tier: Tier::Unspecified as i32,
+            })),
+        };
+        tx.send(hello).await.map_err(|_| anyhow!("watch closed"))?;
+        // The channel's timeout covers the wait for the response headers only,
+        // not the stream that follows.
+        let mut inbound = client
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.rpc_error(&s))?
+            .into_inner();
+        while let Some(item) = inbound.next().await {
+            let s = item.map_err(|s| self.rpc_error(&s))?;
+            match self.output {
+                Output::Json => println!("{}", serde_json::to_string(&summary_json(&s))?),
+                Output::Table => println!("{}", summary_line(&s)),
+            }
+            let ack = pb::WatchRequest {
+                msg: Some(pb::watch_request::Msg::Ack(pb::Ack {
+                    version: s.version,
+                    error: String::new(),
+                })),
+            };
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+        }
+        bail!("control at {} ended the watch", self.url)
+    }
+}
+
+enum Edit {
+    Nothing(String),
+    Put(pb::Node, String),
+    Delete(String),
+}
+
+fn node_json(n: &pb::Node) -> Value {
+    json!({
+        "id": n.id,
+        "address": n.address,
+        "admin_address": n.admin_address,
+        "state": node_state(n.state),
+        "weight": n.weight,
+        "pool": n.pool,
+    })
+}
+
+fn summary_json(s: &Snapshot) -> Value {
+    json!({
+        "version": s.version,
+        "services": s.services.len(),
+        "nodes": s.nodes.len(),
+        "nodes_active": s.nodes.iter().filter(|n| n.state == NodeState::Active as i32).count(),
+        "clusters": s.clusters.len(),
+        "routes": s.routes.len(),
+        "certificates": s.certificates.len(),
+    })
+}
+
+fn summary_line(s: &Snapshot) -> String {
+    let active = s
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Active as i32)
+        .count();
+    format!(
+        "version {}: {} services, {} nodes ({active} active), {} clusters, {} routes, {} certificates",
+        s.version,
+        s.services.len(),
+        s.nodes.len(),
+        s.clusters.len(),
+        s.routes.len(),
+        s.certificates.len()
+    )
+}
+
+/// "ACTIVE", "DRAINING", "DISABLED" (or the number of an unknown state).
+fn node_state(v: i32) -> String {
+    enum_name(
+        NodeState::try_from(v).map(|e| e.as_str_name()),
+        "NODE_STATE_",
+        v,
+    )
+}
+
+fn enum_name<E>(name: std::result::Result<&'static str, E>, prefix: &str, raw: i32) -> String {
+    match name {
+        Ok(n) => n.strip_prefix(prefix).unwrap_or(n).to_string(),
+        Err(_) => format!("UNKNOWN({raw})"),
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+fn applied(s: Option<&SubscriberStatus>) -> String {
+    match s {
+        Some(s) if s.acked_version > 0 => s.acked_version.to_string(),
+        _ => "-".into(),
+    }
+}
+
+fn sync_mark(s: Option<&SubscriberStatus>, version: u64) -> String {
+    match s {
+        Some(s) if s.acked_version == version => "✓".into(),
+        Some(_) => "behind".into(),
+        None => "never seen".into(),
+    }
+}

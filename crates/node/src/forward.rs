@@ -1,0 +1,554 @@
+//! One request: route it, build the upstream request, send it, stream the
+//! response back.
+//!
+//! Upstream requests are HTTP/1.1 with an origin-form URI, the client's Host
+//! (for h2 clients, the `:authority`), no hop-by-hop headers. For clusters
+//! without PROXY the client is named in `X-Forwarded-For` (set, never
+//! appended: the node is the first proxy that can vouch for the address),
+//! plus `X-Forwarded-Proto`, `X-Forwarded-Host`, `Forwarded` and
+//! `X-Request-Id`. For PROXY v2 clusters each upstream connection opens with a
+//! PROXY v2 header for the client connection (TLVs authority, ALPN, unique
+//! id) and is reused only by that client connection's requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use crate::Node;
+use crate::cluster::{Cluster, InFlight};
+use crate::router::normalize_host;
+use crate::upstream::{BoundPool, ConnectError, Lease, UpBody};
+
+pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How long an upstream has to answer with response headers (the body may
+/// take longer).
+pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What a client connection tells its requests.
+pub(crate) struct ConnCtx {
+    pub node: Arc<Node>,
+    /// The real client: the PROXY header's source, else the socket peer.
+    pub client: SocketAddr,
+    pub sni: Option<Arc<str>>,
+    /// Upstream connections bound to this client connection (PROXY clusters).
+    pub bound: Arc<BoundPool>,
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// The Host a request names: `:authority` for h2, else `Host` (else the
+/// absolute-form URI's authority).
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if req.version() == Version::HTTP_2
+        && let Some(a) = req.uri().authority()
+    {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
+fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host_raw: Option<&str>, proxy_v2: bool) {
+    strip_hop_by_hop(h);
+    if let Some(v) = host_raw.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert(header::HOST, v.clone());
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    // Whatever the client claims about itself is not to be trusted.
+    h.remove(header::FORWARDED);
+    h.remove(X_FORWARDED_FOR);
+    if !proxy_v2 {
+        let ip = ctx.client.ip().to_canonical();
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+        let fwd = if ip.is_ipv6() {
+            format!("for=\"[{ip}]\";proto=https")
+        } else {
+            format!("for={ip};proto=https")
+        };
+        if let Ok(v) = HeaderValue::from_str(&fwd) {
+            h.insert(header::FORWARDED, v);
+        }
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if !h.contains_key(X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&ctx.node.new_request_id())
+    {
+        h.insert(X_REQUEST_ID, v);
+    }
+}
+
+/// Fields of the access log line, filled as the request goes.
+struct AccessLog {
+    client: SocketAddr,
+    sni: Option<Arc<str>>,
+    method: Method,
+    host: String,
+    path: String,
+    route: Option<String>,
+    cluster: Option<String>,
+    endpoint: Option<SocketAddr>,
+    status: u16,
+}
+
+/// Runs when the response body ends (or is dropped): access log, metrics,
+/// returning a bound upstream connection to its pool.
+struct Finish {
+    node: Arc<Node>,
+    log: AccessLog,
+    start: Instant,
+    bytes: u64,
+    completed: bool,
+    lease: Option<Lease>,
+    _in_flight: Option<InFlight>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let cluster = self.log.cluster.as_deref().unwrap_or("");
+        self.node
+            .metrics
+            .count_request(cluster, self.log.status, elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            client = %self.log.client,
+            sni = self.log.sni.as_deref().unwrap_or("-"),
+            method = %self.log.method,
+            host = %self.log.host,
+            path = %self.log.path,
+            route = self.log.route.as_deref().unwrap_or("-"),
+            cluster = self.log.cluster.as_deref().unwrap_or("-"),
+            endpoint = %self.log.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            status = self.log.status,
+            bytes = self.bytes,
+            completed = self.completed,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+        if let Some(lease) = self.lease.take()
+            && self.completed
+        {
+            lease.release();
+        }
+    }
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// The response body: a short local answer or the upstream's body, streamed.
+pub struct ProxyBody {
+    inner: Inner,
+    finish: Option<Finish>,
+}
+
+impl ProxyBody {
+    fn inner_done(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(mut f) = self.finish.take() {
+            f.completed = completed;
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let done = self.inner_done();
+        self.finish(done);
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        };
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(f)) = (frame.data_ref(), this.finish.as_mut()) {
+                    f.bytes += d.len() as u64;
+                }
+                if this.inner_done() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+fn local(
+    ctx: &ConnCtx,
+    mut log: AccessLog,
+    start: Instant,
+    status: StatusCode,
+    text: &'static str,
+) -> Response<ProxyBody> {
+    log.status = status.as_u16();
+    let mut resp = Response::new(ProxyBody {
+        inner: Inner::Full(Some(Bytes::from_static(text.as_bytes()))),
+        finish: Some(Finish {
+            node: ctx.node.clone(),
+            log,
+            start,
+            bytes: 0,
+            completed: false,
+            lease: None,
+            _in_flight: None,
+        }),
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_TANDEM_NODE, ctx.node.node_header.clone());
+    resp
+}
+
+fn empty_body() -> UpBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+enum SendError {
+    Connect(String),
+    /// No response headers within [`UPSTREAM_RESPONSE_TIMEOUT`].
+    Timeout,
+    Other(String),
+}
+
+/// Serves one request.
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let host_raw = request_host(&req);
+    let host = host_raw.as_deref().map(normalize_host).unwrap_or_default();
+    let mut log = AccessLog {
+        client: ctx.client,
+        sni: ctx.sni.clone(),
+        method: req.method().clone(),
+        host,
+        path: req.uri().path().to_string(),
+        route: None,
+        cluster: None,
+        endpoint: None,
+        status: 0,
+    };
+    let (route, cluster) = {
+        let rt = ctx.node.runtime.load();
+        let Some(route) = rt.router.route(&log.host, req.uri().path()).cloned() else {
+            return Ok(local(&ctx, log, start, StatusCode::NOT_FOUND, "no route\n"));
+        };
+        let cluster = rt.clusters.get(&route.cluster).cloned();
+        (route, cluster)
+    };
+    // Conflicting framing (request smuggling): refuse.
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return Ok(local(
+            &ctx,
+            log,
+            start,
+            StatusCode::BAD_REQUEST,
+            "bad request\n",
+        ));
+    }
+    log.route = Some(route.name.clone());
+    log.cluster = Some(route.cluster.clone());
+    let Some(cluster) = cluster.filter(|c| !c.endpoints.is_empty()) else {
+        return Ok(local(
+            &ctx,
+            log,
+            start,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n",
+        ));
+    };
+
+    let (parts, body) = req.into_parts();
+    let method = parts.method;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    let mut headers = parts.headers;
+    prepare_headers(&mut headers, &ctx, host_raw.as_deref(), cluster.proxy_v2);
+    let no_body = body.is_end_stream();
+    let retryable = no_body && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let body = if no_body { empty_body() } else { body.boxed() };
+    let retry_headers = retryable.then(|| headers.clone());
+
+    let Some(first) = pick(&ctx, &cluster, None) else {
+        return Ok(local(
+            &ctx,
+            log,
+            start,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n",
+        ));
+    };
+    let timed = |idx, headers, body| {
+        let send = send(&ctx, &cluster, idx, &method, &pq, headers, body);
+        async move {
+            tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, send)
+                .await
+                .unwrap_or(Err(SendError::Timeout))
+        }
+    };
+    let mut attempt = timed(first, headers, body).await;
+    let mut used = first;
+    if let (Err(SendError::Connect(e)), Some(headers)) = (&attempt, retry_headers) {
+        tracing::debug!(endpoint = %cluster.endpoints[first].addr, error = %e, "upstream connect failed; retrying");
+        if let Some(second) = pick(&ctx, &cluster, Some(first)) {
+            used = second;
+            attempt = timed(second, headers, empty_body()).await;
+        }
+    }
+    log.endpoint = Some(cluster.endpoints[used].addr);
+    match attempt {
+        Ok((resp, lease, in_flight)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(X_TANDEM_NODE, ctx.node.node_header.clone());
+            parts.version = Version::HTTP_11;
+            log.status = parts.status.as_u16();
+            let body = ProxyBody {
+                inner: Inner::Upstream(body),
+                finish: Some(Finish {
+                    node: ctx.node.clone(),
+                    log,
+                    start,
+                    bytes: 0,
+                    completed: false,
+                    lease,
+                    _in_flight: Some(in_flight),
+                }),
+            };
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(SendError::Connect(e)) => {
+            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, error = %e, "upstream connect failed");
+            Ok(local(
+                &ctx,
+                log,
+                start,
+                StatusCode::BAD_GATEWAY,
+                "upstream connect failed\n",
+            ))
+        }
+        Err(SendError::Timeout) => {
+            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, timeout = ?UPSTREAM_RESPONSE_TIMEOUT, "upstream response timed out");
+            Ok(local(
+                &ctx,
+                log,
+                start,
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timeout\n",
+            ))
+        }
+        Err(SendError::Other(e)) => {
+            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, error = %e, "upstream request failed");
+            Ok(local(
+                &ctx,
+                log,
+                start,
+                StatusCode::BAD_GATEWAY,
+                "upstream request failed\n",
+            ))
+        }
+    }
+}
+
+/// Picks an endpoint. For PROXY clusters, an endpoint this client connection
+/// already has an idle connection to comes first.
+fn pick(ctx: &ConnCtx, cluster: &Cluster, exclude: Option<usize>) -> Option<usize> {
+    if cluster.proxy_v2
+        && exclude.is_none()
+        && let Some(addr) = ctx
+            .bound
+            .idle_endpoint(cluster.endpoints.iter().map(|e| e.addr))
+        && let Some(i) = cluster.endpoint_index(addr)
+    {
+        return Some(i);
+    }
+    cluster.pick(exclude)
+}
+
+fn build(method: &Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<UpBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+type Sent = (Response<Incoming>, Option<Lease>, InFlight);
+
+async fn send(
+    ctx: &ConnCtx,
+    cluster: &Arc<Cluster>,
+    idx: usize,
+    method: &Method,
+    pq: &str,
+    mut headers: HeaderMap,
+    body: UpBody,
+) -> Result<Sent, SendError> {
+    let ep = cluster.endpoints[idx].addr;
+    let in_flight = cluster.start(idx);
+    if !cluster.proxy_v2 {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(ep.to_string())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
+        return match cluster
+            .client
+            .request(build(method, uri, headers, body))
+            .await
+        {
+            Ok(resp) => Ok((resp, None, in_flight)),
+            Err(e) if e.is_connect() => {
+                ctx.node.metrics.upstream_connect_errors.inc();
+                Err(SendError::Connect(error_chain(&e)))
+            }
+            Err(e) => Err(SendError::Other(error_chain(&e))),
+        };
+    }
+
+    let uri: Uri = pq
+        .parse()
+        .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&ep.to_string())
+    {
+        headers.insert(header::HOST, v);
+    }
+    let connect_err = |e: ConnectError| {
+        ctx.node.metrics.upstream_connect_errors.inc();
+        SendError::Connect(e.to_string())
+    };
+    let mut lease = ctx
+        .bound
+        .acquire(ep, cluster.connect_timeout)
+        .await
+        .map_err(connect_err)?;
+    match lease
+        .sender
+        .try_send_request(build(method, uri, headers, body))
+        .await
+    {
+        Ok(resp) => Ok((resp, Some(lease), in_flight)),
+        Err(mut e) => match e.take_message() {
+            // Not sent: the idle connection went away. Once more on a new one.
+            Some(req) if lease.reused => {
+                drop(lease);
+                let mut fresh = ctx
+                    .bound
+                    .connect(ep, cluster.connect_timeout)
+                    .await
+                    .map_err(connect_err)?;
+                match fresh.sender.send_request(req).await {
+                    Ok(resp) => Ok((resp, Some(fresh), in_flight)),
+                    Err(e) => Err(SendError::Other(error_chain(&e))),
+                }
+            }
+            _ => Err(SendError::Other(error_chain(e.error()))),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,236 @@
+//! Accepting client connections: PROXY header, TLS, HTTP/1.1 or h2.
+//!
+//! A PROXY header is read only from trusted peers (and only when the mode is
+//! not `Off`). An untrusted peer that sends one, a malformed header, or none
+//! where one is required closes the connection before any TLS. The client
+//! address is the header's source for a PROXY command, else the socket peer
+//! (a LOCAL command is a health check of the sender itself).
+//!
+//! Each connection loads the TLS config current at its handshake, so new
+//! handshakes see new certificates while open connections keep theirs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{self, ConnCtx};
+use crate::proxy_accept::{AcceptError, Rewind, read_proxy_header};
+use crate::upstream::{BoundPool, ClientIdentity};
+use crate::{Node, ProxyProtocolMode};
+
+/// How long a peer has to send its PROXY header.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client has to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Builder = auto::Builder<TokioExecutor>;
+
+fn http_builder() -> Builder {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+/// The accept loop (see [`Node::serve`]).
+pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let hard_stop = CancellationToken::new();
+    let builder = Arc::new(http_builder());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        let watcher = graceful.watcher();
+        let hard_stop = hard_stop.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            node.metrics.connections.inc();
+            node.metrics.connections_active.inc();
+            tokio::select! {
+                _ = connection(&node, stream, peer, watcher, &builder) => {}
+                _ = hard_stop.cancelled() => {}
+            }
+            node.metrics.connections_active.dec();
+        });
+    }
+    drop(listener);
+    node.set_shutting_down();
+    let open = graceful.count();
+    tracing::info!(id = %node.config.id, open, "node draining");
+    let drain = node.config.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(id = %node.config.id, timeout = ?drain, "drain timed out; closing remaining connections");
+        hard_stop.cancel();
+    }
+}
+
+fn reject(node: &Node, peer: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+    node.metrics.count_reject(reason);
+    tracing::debug!(%peer, reason, detail = %detail, "connection refused before TLS");
+}
+
+async fn connection(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+    builder: &Builder,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "no local address");
+            return;
+        }
+    };
+    let mode = node.config.proxy_protocol;
+    let trusted = node.is_trusted(peer.ip());
+    let (header, io) = match (mode, trusted) {
+        (ProxyProtocolMode::Off, _) => (None, Rewind::new(stream)),
+        (ProxyProtocolMode::Required, false) => {
+            reject(
+                node,
+                peer,
+                "untrusted",
+                &"PROXY header required, peer not trusted",
+            );
+            return;
+        }
+        (ProxyProtocolMode::Required, true) | (ProxyProtocolMode::Optional, true) => {
+            match read_proxy_header(stream, mode, PROXY_HEADER_TIMEOUT).await {
+                Ok(r) => r,
+                Err(e) => {
+                    reject(node, peer, reject_reason(&e), &e);
+                    return;
+                }
+            }
+        }
+        (ProxyProtocolMode::Optional, false) => {
+            // Look, to refuse a header from someone not allowed to send one.
+            match read_proxy_header(stream, mode, PROXY_HEADER_TIMEOUT).await {
+                Ok((None, io)) => (None, io),
+                Ok((Some(_), _)) => {
+                    reject(
+                        node,
+                        peer,
+                        "untrusted",
+                        &"PROXY header from an untrusted peer",
+                    );
+                    return;
+                }
+                Err(e) => {
+                    reject(node, peer, reject_reason(&e), &e);
+                    return;
+                }
+            }
+        }
+    };
+    let client = header.as_ref().and_then(|h| h.source()).unwrap_or(peer);
+    let destination = header
+        .as_ref()
+        .and_then(|h| h.destination())
+        .unwrap_or(local);
+
+    let Some(tls_config) = node.runtime.load().tls.clone() else {
+        node.metrics.tls_handshake_errors.inc();
+        tracing::debug!(%peer, "no certificate configured yet; closing");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            node.metrics.tls_handshake_errors.inc();
+            tracing::debug!(%peer, %client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            node.metrics.tls_handshake_errors.inc();
+            tracing::debug!(%peer, %client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (sni, alpn, tls_info) = {
+        let conn = tls.get_ref().1;
+        let version = conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            other => format!("{other:?}"),
+        });
+        let cipher = conn.negotiated_cipher_suite().map(|s| {
+            s.suite()
+                .as_str()
+                .map_or_else(|| format!("{:?}", s.suite()), str::to_string)
+        });
+        (
+            conn.server_name().map(Arc::<str>::from),
+            conn.alpn_protocol().map(<[u8]>::to_vec),
+            version.zip(cipher),
+        )
+    };
+    let conn_id = node.next_conn_id();
+    let bound = BoundPool::new(ClientIdentity {
+        client,
+        destination,
+        sni: sni.as_deref().map(str::to_string),
+        alpn,
+        tls: tls_info,
+        // The TLV holds at most 128 bytes.
+        unique_id: {
+            let mut id = format!("{:016x}-{conn_id:x}-{}", node.instance, node.config.id);
+            id.truncate(id.floor_char_boundary(128));
+            id
+        },
+    });
+    let ctx = Arc::new(ConnCtx {
+        node: node.clone(),
+        client,
+        sni,
+        bound,
+    });
+    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        forward::handle(ctx.clone(), req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, %client, error = %e, "client connection ended with an error");
+    }
+}
+
+fn reject_reason(e: &AcceptError) -> &'static str {
+    match e {
+        AcceptError::Timeout(_) => "timeout",
+        AcceptError::Missing => "missing",
+        AcceptError::Malformed(_) => "malformed",
+        AcceptError::Closed => "closed",
+        AcceptError::Io(_) => "io",
+    }
+}

@@ -1,0 +1,292 @@
+//! Upstream connections.
+//!
+//! Clusters without PROXY share pooled `hyper_util` clients (one per connect
+//! timeout, kept across config swaps so pools survive them).
+//!
+//! Clusters with PROXY v2 cannot share a connection between clients: each
+//! upstream connection opens with the PROXY header of one client connection.
+//! A [`BoundPool`] lives as long as its client connection and keeps that
+//! client's upstream HTTP/1.1 connections, per endpoint, for reuse by its
+//! later requests; they close when the client connection ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pp;
+
+/// Request body sent upstream.
+pub(crate) type UpBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type HttpClient = Client<HttpConnector, UpBody>;
+
+/// Most upstream connections one client connection may hold to one endpoint;
+/// past that, requests get one-off connections.
+pub(crate) const BOUND_CAP: usize = 32;
+
+/// Shared clients by connect timeout.
+#[derive(Default)]
+pub(crate) struct ClientCache {
+    clients: Mutex<HashMap<Duration, HttpClient>>,
+}
+
+impl ClientCache {
+    pub(crate) fn get(&self, connect_timeout: Duration) -> HttpClient {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(connect_timeout)
+            .or_insert_with(|| {
+                let mut c = HttpConnector::new();
+                c.set_connect_timeout(Some(connect_timeout));
+                c.set_nodelay(true);
+                c.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(1024)
+                    .build(c)
+            })
+            .clone()
+    }
+}
+
+/// Failure to get an upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("connect to {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("HTTP handshake with {0}: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+    #[error("PROXY header: {0}")]
+    Header(String),
+}
+
+/// What the PROXY header of a client connection says.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientIdentity {
+    pub client: SocketAddr,
+    pub destination: SocketAddr,
+    pub sni: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    /// TLS version and cipher suite names, for the SSL TLV.
+    pub tls: Option<(String, String)>,
+    pub unique_id: String,
+}
+
+#[derive(Default)]
+struct Slot {
+    idle: Vec<http1::SendRequest<UpBody>>,
+    /// Pooled connections open (idle or busy).
+    open: usize,
+}
+
+/// The upstream connections bound to one client connection.
+pub(crate) struct BoundPool {
+    identity: ClientIdentity,
+    header: OnceLock<Result<Bytes, String>>,
+    slots: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+/// A connection in use by one request.
+pub(crate) struct Lease {
+    pub sender: http1::SendRequest<UpBody>,
+    pub endpoint: SocketAddr,
+    /// Counted in the pool: goes back there when the response is done.
+    pooled: bool,
+    pub reused: bool,
+    pool: Weak<BoundPool>,
+}
+
+impl Lease {
+    /// Returns the connection to its pool (the response was read to its end).
+    pub(crate) fn release(self) {
+        if !self.pooled {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = slots.get_mut(&self.endpoint)
+                && !self.sender.is_closed()
+            {
+                slot.idle.push(self.sender);
+            }
+        }
+    }
+}
+
+impl BoundPool {
+    pub(crate) fn new(identity: ClientIdentity) -> Arc<Self> {
+        Arc::new(BoundPool {
+            identity,
+            header: OnceLock::new(),
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn header(&self) -> Result<Bytes, ConnectError> {
+        self.header
+            .get_or_init(|| {
+                let id = &self.identity;
+                let mut h = pp::Header::proxy(id.client, id.destination);
+                if let Some(sni) = &id.sni {
+                    h = h.with_tlv(pp::tlv::AUTHORITY, sni.as_bytes().to_vec());
+                }
+                if let Some(alpn) = &id.alpn {
+                    h = h.with_tlv(pp::tlv::ALPN, alpn.clone());
+                }
+                h = h.with_tlv(pp::tlv::UNIQUE_ID, id.unique_id.as_bytes().to_vec());
+                if let Some((version, cipher)) = &id.tls {
+                    let ssl = pp::ssl_tlv(
+                        pp::ssl_client::SSL,
+                        0,
+                        &[
+                            pp::Tlv::new(pp::tlv::SSL_VERSION, version.as_bytes()),
+                            pp::Tlv::new(pp::tlv::SSL_CIPHER, cipher.as_bytes()),
+                        ],
+                    );
+                    h = h.with_tlv(ssl.kind, ssl.value);
+                }
+                h.to_bytes().map(Bytes::from).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(ConnectError::Header)
+    }
+
+    /// An endpoint among `candidates` this client already has an idle
+    /// connection to: keeping a client on its connections is what makes
+    /// PROXY upstreams cheap.
+    pub(crate) fn idle_endpoint(
+        &self,
+        candidates: impl Iterator<Item = SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.is_empty() {
+            return None;
+        }
+        candidates.into_iter().find(|a| {
+            slots
+                .get(a)
+                .is_some_and(|s| s.idle.iter().any(|c| !c.is_closed()))
+        })
+    }
+
+    /// An idle connection to `endpoint`, or a new one.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        loop {
+            let idle = {
+                let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+                slots.get_mut(&endpoint).and_then(|s| s.idle.pop())
+            };
+            let Some(mut sender) = idle else { break };
+            if sender.is_closed() {
+                continue;
+            }
+            // The previous response was read to its end; the connection is
+            // ready, or about to be.
+            if sender.ready().await.is_ok() {
+                return Ok(Lease {
+                    sender,
+                    endpoint,
+                    pooled: true,
+                    reused: true,
+                    pool: Arc::downgrade(self),
+                });
+            }
+        }
+        self.connect(endpoint, connect_timeout).await
+    }
+
+    /// Opens a new connection to `endpoint` (counted in the pool if there is
+    /// room).
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        let header = self.header()?;
+        let pooled = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slots.entry(endpoint).or_default();
+            if slot.open < BOUND_CAP {
+                slot.open += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let weak = Arc::downgrade(self);
+        let unpool = move || {
+            if let Some(pool) = weak.upgrade() {
+                let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = slots.get_mut(&endpoint) {
+                    slot.open = slot.open.saturating_sub(1);
+                }
+            }
+        };
+        let sender = match open(endpoint, connect_timeout, &header).await {
+            Ok((sender, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%endpoint, error = %e, "bound upstream connection failed");
+                    }
+                    if pooled {
+                        unpool();
+                    }
+                });
+                sender
+            }
+            Err(e) => {
+                if pooled {
+                    unpool();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Lease {
+            sender,
+            endpoint,
+            pooled,
+            reused: false,
+            pool: Arc::downgrade(self),
+        })
+    }
+}
+
+type Conn = http1::Connection<TokioIo<TcpStream>, UpBody>;
+
+async fn open(
+    endpoint: SocketAddr,
+    connect_timeout: Duration,
+    header: &[u8],
+) -> Result<(http1::SendRequest<UpBody>, Conn), ConnectError> {
+    let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
+    {
+        Err(_) => return Err(ConnectError::Timeout(endpoint)),
+        Ok(Err(e)) => return Err(ConnectError::Io(endpoint, e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    stream
+        .write_all(header)
+        .await
+        .map_err(|e| ConnectError::Io(endpoint, e))?;
+    http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(endpoint, e))
+}
