@@ -163,6 +163,14 @@ impl Director {
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
                 let Some(d) = weak.upgrade() else { return };
+                let map = rx.borrow_and_update().clone();
+                d.metrics.node_healthy.clear();
+                for (node, (healthy, _)) in &map.targets {
+                    d.metrics
+                        .node_healthy
+                        .get_or_create(&metrics::NodeIdLabel { node: node.clone() })
+                        .set(i64::from(*healthy));
+                }
                 // Under the lock: a concurrent apply cannot be undone by an
                 // install of an older snapshot.
                 let last = d.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,8 +301,24 @@ impl Director {
             }
             stays
         });
+        self.metrics.table_slots.clear();
         for (name, address, pool) in built {
             self.metrics.table_rebuilds.inc();
+            self.metrics
+                .table_size
+                .get_or_create(&metrics::ServiceLabel {
+                    service: name.clone(),
+                })
+                .set(pool.table_size() as i64);
+            for (node, slots) in pool.share() {
+                self.metrics
+                    .table_slots
+                    .get_or_create(&metrics::NodeLabel {
+                        service: name.clone(),
+                        node,
+                    })
+                    .set(slots as i64);
+            }
             if let Some(listeners) = new_listeners.remove(&name) {
                 if let Some(old) = services.remove(&name) {
                     old.stop_accepting.cancel();

@@ -20,6 +20,11 @@ pub struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeIdLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
     pub service: String,
     /// "in" (client to node) or "out" (node to client).
@@ -36,6 +41,11 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabel, Counter<u64, AtomicU64>>,
     pub table_rebuilds: Counter,
     pub config_version: Gauge,
+    /// 1 if the node passes health checks, 0 if not.
+    pub node_healthy: Family<NodeIdLabel, Gauge>,
+    /// Maglev slots a node owns in a service's table.
+    pub table_slots: Family<NodeLabel, Gauge>,
+    pub table_size: Family<ServiceLabel, Gauge>,
 }
 
 impl Metrics {

@@ -71,6 +71,15 @@ impl Pool {
         })
     }
 
+    /// Slots per node in the table.
+    pub fn share(&self) -> Vec<(String, usize)> {
+        self.table.share()
+    }
+
+    pub fn table_size(&self) -> u32 {
+        self.table.size()
+    }
+
     /// Ids of the nodes taking new flows.
     pub fn node_ids(&self) -> std::collections::HashSet<String> {
         self.addresses.keys().cloned().collect()

@@ -303,3 +303,179 @@ async fn a_node_that_fails_health_checks_leaves_the_table_and_comes_back() {
         "recovered node gets new flows: {seen:?}"
     );
 }
+
+/// Reads until EOF or reset; true if the director closed the flow within `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_vip_and_two_services_in_one_director() {
+    let Ok(l6) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    };
+    let n6 = l6.local_addr().expect("addr");
+    serve_fake_node("node-v6", l6);
+    let n4 = fake_node("node-v4").await;
+    let vip6: SocketAddr = {
+        let l = std::net::TcpListener::bind("[::1]:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let vip4 = free_addr();
+    let d = Director::new(DirectorConfig::new("d-test"));
+    let mut snap = snapshot(1, vip4, &[("node-v4", n4, NodeState::Active)]);
+    snap.services.push(pb::Service {
+        name: "web6".into(),
+        address: vip6.to_string(),
+        table_size: 251,
+        hash: pb::HashFields::SourceIp as i32,
+        node_pool: "v6".into(),
+    });
+    snap.nodes.push(pb::Node {
+        id: "node-v6".into(),
+        address: n6.to_string(),
+        weight: 1,
+        pool: "v6".into(),
+        ..Default::default()
+    });
+    d.apply(&snap).expect("apply");
+
+    let mut s = TcpStream::connect(vip6).await.expect("connect v6 VIP");
+    let me = s.local_addr().expect("local");
+    s.write_all(b"six").await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert_eq!(out, format!("node-v6 src={me} dst={vip6}\nsix"));
+
+    let (_s, greeting) = open(vip4).await;
+    assert_eq!(
+        node_of(&greeting),
+        "node-v4",
+        "each service uses its own pool"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_flows_are_closed_and_others_are_not_disturbed() {
+    let n1 = fake_node("node-1").await;
+    let vip = free_addr();
+    let mut config = DirectorConfig::new("d-test");
+    config.idle_timeout = Duration::from_millis(300);
+    let d = Director::new(config);
+    d.apply(&snapshot(1, vip, &[("node-1", n1, NodeState::Active)]))
+        .expect("apply");
+
+    // A client that connects and sends nothing is closed after the idle timeout.
+    let mut silent = TcpStream::connect(vip).await.expect("connect");
+    // Meanwhile a busy client keeps talking and is not disturbed.
+    let (mut busy, _) = open(vip).await;
+    let talk = async {
+        for i in 0..12 {
+            let msg = format!("tick {i}\n");
+            busy.write_all(msg.as_bytes()).await.expect("write");
+            let mut buf = vec![0u8; msg.len()];
+            busy.read_exact(&mut buf)
+                .await
+                .expect("busy flow still served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (closed, ()) = tokio::join!(closed_within(&mut silent, Duration::from_secs(3)), talk);
+    assert!(closed, "an idle flow was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_at_once() {
+    let n1 = fake_node("node-1").await;
+    let vip = free_addr();
+    let mut config = DirectorConfig::new("d-test");
+    config.max_connections = 2;
+    config.accept_loops = 1;
+    let d = Director::new(config);
+    d.apply(&snapshot(1, vip, &[("node-1", n1, NodeState::Active)]))
+        .expect("apply");
+    let (_a, _) = open(vip).await;
+    let (_b, _) = open(vip).await;
+    // The third is reset at once (maybe before connect() even returns).
+    if let Ok(mut c) = TcpStream::connect(vip).await {
+        assert!(
+            closed_within(&mut c, Duration::from_secs(2)).await,
+            "third flow should be refused, not queued"
+        );
+    }
+    drop(_a);
+    // A slot frees up: new flows are served again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no flow served after a slot freed"
+        );
+        // Until the old flow's relay has finished, new ones are still refused.
+        let Ok(mut s) = TcpStream::connect(vip).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = s.write_all(b"ping\n").await;
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+            && n > 0
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_on_a_drained_node_close_at_the_drain_timeout() {
+    let n1 = fake_node("node-1").await;
+    let n2 = fake_node("node-2").await;
+    let vip = free_addr();
+    let mut config = DirectorConfig::new("d-test");
+    config.node_drain_timeout = Some(Duration::from_millis(400));
+    let d = Director::new(config);
+    let nodes = [
+        ("node-1", n1, NodeState::Active),
+        ("node-2", n2, NodeState::Active),
+    ];
+    d.apply(&snapshot(1, vip, &nodes)).expect("apply");
+    let mut on = HashMap::<String, Vec<TcpStream>>::new();
+    for _ in 0..20 {
+        let (s, g) = open(vip).await;
+        on.entry(node_of(&g).to_string()).or_default().push(s);
+    }
+    assert_eq!(on.len(), 2, "{:?}", on.keys());
+    d.apply(&snapshot(
+        2,
+        vip,
+        &[
+            ("node-1", n1, NodeState::Draining),
+            ("node-2", n2, NodeState::Active),
+        ],
+    ))
+    .expect("apply");
+    for s in on.get_mut("node-1").expect("flows on node-1") {
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "flow on the drained node outlived the drain timeout"
+        );
+    }
+    for s in on.get_mut("node-2").expect("flows on node-2") {
+        s.write_all(b"alive\n").await.expect("write");
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf)
+            .await
+            .expect("flows on active nodes continue");
+        assert_eq!(&buf, b"alive\n");
+    }
+}

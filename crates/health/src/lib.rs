@@ -312,10 +312,6 @@ async fn probe_loop(t: Target, tx: Arc<watch::Sender<HealthMap>>, stop: Cancella
             return;
         }
         tx.send_if_modified(|m| {
-            let entry = m
-                .targets
-                .entry(t.id.clone())
-                .or_insert((true, String::new()));
             let new = (
                 healthy,
                 if healthy {
@@ -324,11 +320,17 @@ async fn probe_loop(t: Target, tx: Arc<watch::Sender<HealthMap>>, stop: Cancella
                     reason.clone()
                 },
             );
-            if entry.0 != new.0 || (!healthy && entry.1.is_empty()) {
-                *entry = new;
-                true
-            } else {
-                false
+            match m.targets.get_mut(&t.id) {
+                // First result for this target: publish it, up or down.
+                None => {
+                    m.targets.insert(t.id.clone(), new);
+                    true
+                }
+                Some(entry) if entry.0 != new.0 || (!healthy && entry.1.is_empty()) => {
+                    *entry = new;
+                    true
+                }
+                Some(_) => false,
             }
         });
     }
@@ -359,6 +361,55 @@ mod tests {
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(false), None);
         assert_eq!(t.record(false), Some(Transition::Down));
+    }
+
+    #[tokio::test]
+    async fn checker_publishes_first_results_and_changes() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up_addr = up.local_addr().expect("addr");
+        let down_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let spec = CheckSpec {
+            interval: Duration::from_millis(20),
+            rise: 1,
+            fall: 1,
+            ..CheckSpec::default()
+        };
+        let (checker, mut rx) = Checker::new(CancellationToken::new());
+        checker.set_targets(vec![
+            Target {
+                id: "up".into(),
+                addr: up_addr,
+                spec: spec.clone(),
+            },
+            Target {
+                id: "down".into(),
+                addr: down_addr,
+                spec,
+            },
+        ]);
+        let map = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                rx.changed().await.expect("checker alive");
+                let m = rx.borrow_and_update().clone();
+                if m.targets.len() == 2 && !m.is_healthy("down") {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("both targets reported");
+        assert!(map.is_healthy("up"));
+        assert!(
+            map.targets["down"].1.contains("connect"),
+            "{:?}",
+            map.targets["down"]
+        );
+        drop(up);
     }
 
     #[tokio::test]

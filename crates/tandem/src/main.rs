@@ -84,6 +84,37 @@ struct DirectorArgs {
     /// Milliseconds to wait for a node to accept a connection.
     #[arg(long, default_value_t = 2000)]
     connect_timeout_ms: u64,
+    /// Seconds a flow may stay silent both ways before it is closed.
+    #[arg(long, default_value_t = 900)]
+    idle_timeout_secs: u64,
+    /// Open flows per service; beyond it new connections are refused at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Seconds flows on a draining node may continue before they are closed
+    /// (default: until they end by themselves).
+    #[arg(long)]
+    node_drain_timeout_secs: Option<u64>,
+    /// Node health check: milliseconds between checks.
+    #[arg(long, default_value_t = 1000)]
+    health_interval_ms: u64,
+    /// Node health check: milliseconds before a check counts as failed.
+    #[arg(long, default_value_t = 500)]
+    health_timeout_ms: u64,
+    /// Node health check: successes that bring a node back.
+    #[arg(long, default_value_t = 2)]
+    health_rise: u32,
+    /// Node health check: failures that take a node out.
+    #[arg(long, default_value_t = 2)]
+    health_fall: u32,
+    /// Node health check: path on the node's admin address.
+    #[arg(long, default_value = "/readyz")]
+    health_path: String,
+    /// Relay with userspace copies instead of splice(2).
+    #[arg(long)]
+    no_splice: bool,
+    /// Accept loops (SO_REUSEPORT sockets) per VIP; default one per core.
+    #[arg(long)]
+    accept_loops: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -211,6 +242,18 @@ async fn async_main(command: Command) -> Result<()> {
             config.admin_listen = a.admin_listen;
             config.drain_timeout = Duration::from_secs(a.drain_timeout_secs);
             config.connect_timeout = Duration::from_millis(a.connect_timeout_ms);
+            config.idle_timeout = Duration::from_secs(a.idle_timeout_secs);
+            config.max_connections = a.max_connections;
+            config.node_drain_timeout = a.node_drain_timeout_secs.map(Duration::from_secs);
+            config.health.interval = Duration::from_millis(a.health_interval_ms);
+            config.health.timeout = Duration::from_millis(a.health_timeout_ms);
+            config.health.rise = a.health_rise;
+            config.health.fall = a.health_fall;
+            config.health_path = a.health_path;
+            config.splice = config.splice && !a.no_splice;
+            if let Some(n) = a.accept_loops {
+                config.accept_loops = n.max(1);
+            }
             director::run(config, a.control, shutdown)
                 .await
                 .context("director")?;

@@ -432,6 +432,7 @@ async fn seed(
                     pb::UpstreamProxyProtocol::None
                 } as i32,
                 connect_timeout_ms: 0,
+                ..Default::default()
             }))),
         }
     }
@@ -442,6 +443,7 @@ async fn seed(
                 host: String::new(),
                 path_prefix: prefix.into(),
                 cluster: cluster.into(),
+                ..Default::default()
             })));
         }
     }
