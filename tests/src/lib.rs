@@ -2,6 +2,11 @@
 //! to them with real clients, clean up whatever happens.
 #![forbid(unsafe_code)]
 
+pub mod gate;
+pub mod load;
+pub mod netns;
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -263,11 +268,17 @@ pub struct Conn {
 impl Conn {
     /// Connects to `addr` with SNI `localhost`; h2 if `h2`, else http/1.1.
     pub async fn open(addr: SocketAddr, ca_pem: &Path, h2: bool) -> Result<Conn> {
-        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let connector = tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn)?);
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
+        Conn::handshake(tcp, ca_pem, h2).await
+    }
+
+    /// TLS (SNI `localhost`) and HTTP on a TCP connection the caller made
+    /// (a chosen source port, a socket mark, a namespace).
+    pub async fn handshake(tcp: tokio::net::TcpStream, ca_pem: &Path, h2: bool) -> Result<Conn> {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let connector = tokio_rustls::TlsConnector::from(tls_config(ca_pem, alpn)?);
         let local = tcp.local_addr()?;
         let name = ServerName::try_from("localhost")?;
         let tls = connector

@@ -11,6 +11,8 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tandem_descriptor");
 }
 
+pub mod auth;
+pub mod config;
 pub mod watch;
 
 pub use pb::{

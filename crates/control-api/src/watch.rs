@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::BearerInterceptor;
 use crate::pb::{self, Snapshot, Tier, WatchRequest, watch_client::WatchClient, watch_request};
 
 /// Who is subscribing, and to which control service.
@@ -70,7 +71,7 @@ pub async fn run<F>(sub: Subscription, state: Arc<WatchState>, apply: F)
 where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
-    run_with_reports(sub, state, None, apply).await
+    run_with_options(sub, state, WatchOptions::default(), apply).await
 }
 
 /// Like [`run`], and also sends the subscriber's health report (a director's
@@ -78,39 +79,156 @@ where
 pub async fn run_with_reports<F>(
     sub: Subscription,
     state: Arc<WatchState>,
-    mut reports: Option<tokio::sync::watch::Receiver<pb::HealthReport>>,
+    reports: Option<tokio::sync::watch::Receiver<pb::HealthReport>>,
+    apply: F,
+) where
+    F: FnMut(&Snapshot) -> Result<(), String> + Send,
+{
+    let options = WatchOptions {
+        reports,
+        ..WatchOptions::default()
+    };
+    run_with_options(sub, state, options, apply).await
+}
+
+/// Optional parts of a watch: credentials, health reports, more control
+/// endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// Bearer token (the subscriber credential), sent with the watch call.
+    /// Read it with [`crate::auth::read_token_file`].
+    pub token: Option<String>,
+    /// Health reports to send (directors): after connecting and whenever it
+    /// changes.
+    pub reports: Option<tokio::sync::watch::Receiver<pb::HealthReport>>,
+    /// Further control endpoints, tried in turn after
+    /// [`Subscription::endpoint`] when a session fails.
+    pub fallback_endpoints: Vec<String>,
+}
+
+impl WatchOptions {
+    /// Options with a bearer token.
+    pub fn with_token(token: impl Into<String>) -> Self {
+        Self {
+            token: Some(token.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Runs the watch forever with [`WatchOptions`].
+pub async fn run_with_options<F>(
+    sub: Subscription,
+    state: Arc<WatchState>,
+    options: WatchOptions,
     mut apply: F,
 ) where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
+    let WatchOptions {
+        token,
+        mut reports,
+        fallback_endpoints,
+    } = options;
+    let interceptor = match BearerInterceptor::optional(token.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            // Nothing the server would accept: watch without it and let the
+            // refusals show in the logs.
+            tracing::error!(error = %e, id = %sub.id, "unusable control token; watching without one");
+            BearerInterceptor::none()
+        }
+    };
+    let endpoints: Vec<String> = std::iter::once(sub.endpoint.clone())
+        .chain(fallback_endpoints)
+        .collect();
+    let mut next_endpoint = 0;
+    let mut last_applied: Option<Snapshot> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
-        let e = session(&sub, &state, reports.as_mut(), &mut apply).await;
-        if state.connected.swap(false, Ordering::AcqRel) {
+        let endpoint = &endpoints[next_endpoint % endpoints.len()];
+        let e = session(
+            &sub,
+            endpoint,
+            interceptor.clone(),
+            &state,
+            reports.as_mut(),
+            &mut last_applied,
+            &mut apply,
+        )
+        .await;
+        let got_through = state.connected.swap(false, Ordering::AcqRel);
+        if got_through {
             // The session got through: start the backoff over.
             backoff = BACKOFF_MIN;
+        } else {
+            next_endpoint += 1;
         }
-        tracing::warn!(error = %e, id = %sub.id, "control watch interrupted; keeping last config");
+        match &e {
+            WatchError::Rpc(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(error = %e, id = %sub.id, endpoint, "control refused the watch credentials; keeping last config");
+            }
+            _ => {
+                tracing::warn!(error = %e, id = %sub.id, endpoint, "control watch interrupted; keeping last config");
+            }
+        }
         let jitter = rand::rng().random_range(0.5..1.5);
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
+/// Whether two snapshots hold the same config (versions aside).
+fn same_config(a: &Snapshot, b: &Snapshot) -> bool {
+    a.services == b.services
+        && a.nodes == b.nodes
+        && a.clusters == b.clusters
+        && a.routes == b.routes
+        && a.certificates == b.certificates
+        && Snapshot {
+            version: 0,
+            ..a.clone()
+        } == Snapshot {
+            version: 0,
+            ..b.clone()
+        }
+}
+
 async fn session<F>(
     sub: &Subscription,
+    endpoint: &str,
+    interceptor: BearerInterceptor,
     state: &WatchState,
     mut reports: Option<&mut tokio::sync::watch::Receiver<pb::HealthReport>>,
+    last_applied: &mut Option<Snapshot>,
     apply: &mut F,
 ) -> WatchError
 where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
-    let mut client = match WatchClient::connect(sub.endpoint.clone()).await {
-        Ok(c) => c.max_decoding_message_size(64 << 20),
+    let channel = match tonic::transport::Endpoint::from_shared(endpoint.to_string()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
         Err(source) => {
             return WatchError::Connect {
-                endpoint: sub.endpoint.clone(),
+                endpoint: endpoint.to_string(),
+                source,
+            };
+        }
+    };
+    let mut client = match channel.connect().await {
+        Ok(c) => WatchClient::with_interceptor(c, interceptor).max_decoding_message_size(64 << 20),
+        Err(source) => {
+            return WatchError::Connect {
+                endpoint: endpoint.to_string(),
                 source,
             };
         }
@@ -129,7 +247,7 @@ where
         Err(status) => return WatchError::Rpc(status),
     };
     state.connected.store(true, Ordering::Release);
-    tracing::info!(id = %sub.id, endpoint = %sub.endpoint, "control watch connected");
+    tracing::info!(id = %sub.id, endpoint, "control watch connected");
     if let Some(r) = reports.as_mut() {
         let report = r.borrow_and_update().clone();
         let _ = tx
@@ -167,12 +285,20 @@ where
             Err(status) => return WatchError::Rpc(status),
         };
         let version = snap.version;
+        let unchanged = last_applied.as_ref().is_some_and(|l| same_config(l, &snap));
         let error = if version == state.applied_version() {
+            String::new()
+        } else if unchanged {
+            // Same config under a new version (e.g. after a reconnect): no
+            // reset of anything, just the answer.
+            state.applied_version.store(version, Ordering::Release);
+            tracing::debug!(id = %sub.id, version, "config unchanged");
             String::new()
         } else {
             match apply(&snap) {
                 Ok(()) => {
                     state.applied_version.store(version, Ordering::Release);
+                    *last_applied = Some(snap.clone());
                     tracing::info!(id = %sub.id, version, "applied config");
                     String::new()
                 }

@@ -21,6 +21,8 @@ pub enum ChangeError {
     },
 }
 
+// `clone` stays: settings messages may stop being `Copy` as fields are added.
+#[allow(clippy::clone_on_copy)]
 /// Returns a copy of `base` with every change applied in order. The
 /// version is left as it was in `base`.
 pub fn apply_changes(base: &Snapshot, changes: &[Change]) -> Result<Snapshot, ChangeError> {
@@ -33,8 +35,30 @@ pub fn apply_changes(base: &Snapshot, changes: &[Change]) -> Result<Snapshot, Ch
             Some(change::Change::PutCluster(x)) => put(&mut s.clusters, x.clone(), |r| &r.name),
             Some(change::Change::PutRoute(x)) => put(&mut s.routes, x.clone(), |r| &r.name),
             Some(change::Change::PutCertificate(x)) => {
-                put(&mut s.certificates, x.clone(), |r| &r.name)
+                let mut x = x.clone();
+                if x.private_key_pem.is_empty() {
+                    // No key given: keep the one stored under this name (read
+                    // RPCs never return keys, so a read-modify-write works).
+                    if let Some(old) = s.certificates.iter().find(|c| c.name == x.name) {
+                        x.private_key_pem = old.private_key_pem.clone();
+                    }
+                }
+                put(&mut s.certificates, x, |r| &r.name)
             }
+            Some(change::Change::SetTls(x)) => {
+                let mut x = x.clone();
+                for k in x.ticket_keys.iter_mut().filter(|k| k.secret.is_empty()) {
+                    if let Some(old) = s
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.ticket_keys.iter().find(|o| o.name == k.name))
+                    {
+                        k.secret = old.secret.clone();
+                    }
+                }
+                s.tls = Some(x);
+            }
+            Some(change::Change::SetListener(x)) => s.listener = Some(x.clone()),
             Some(change::Change::Delete(d)) => {
                 let kind = ResourceKind::try_from(d.kind).unwrap_or(ResourceKind::Unspecified);
                 let found = match kind {
@@ -61,6 +85,27 @@ pub fn apply_changes(base: &Snapshot, changes: &[Change]) -> Result<Snapshot, Ch
         }
     }
     Ok(s)
+}
+
+/// One line for the audit trail: "put node node-1", "delete route api".
+pub fn describe(c: &Change) -> String {
+    match &c.change {
+        None => "empty".into(),
+        Some(change::Change::PutService(x)) => format!("put service {}", x.name),
+        Some(change::Change::PutNode(x)) => format!("put node {}", x.id),
+        Some(change::Change::PutCluster(x)) => format!("put cluster {}", x.name),
+        Some(change::Change::PutRoute(x)) => format!("put route {}", x.name),
+        Some(change::Change::PutCertificate(x)) => format!("put certificate {}", x.name),
+        Some(change::Change::SetTls(x)) => {
+            format!("set tls ({} ticket keys)", x.ticket_keys.len())
+        }
+        Some(change::Change::SetListener(_)) => "set listener".into(),
+        Some(change::Change::Delete(d)) => format!(
+            "delete {} {}",
+            kind_name(ResourceKind::try_from(d.kind).unwrap_or(ResourceKind::Unspecified)),
+            d.name
+        ),
+    }
 }
 
 /// Lower-case name of a resource kind, for messages.

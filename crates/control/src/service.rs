@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control_api::pb::{
-    self, ApplyRequest, ApplyResponse, GetStateRequest, Snapshot, StatusRequest, StatusResponse,
-    Tier, WatchRequest, watch_request,
+    self, ApplyRequest, ApplyResponse, GetStateRequest, ListAuditRequest, ListAuditResponse,
+    Snapshot, StatusRequest, StatusResponse, Tier, WatchRequest, watch_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -15,24 +15,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, Role};
+use crate::filter::{for_subscriber, redact_keys};
 use crate::state::{State, SubscriberHandle};
 use crate::validate::check_name;
 
-/// Largest gRPC message accepted or sent (certificates make snapshots big).
+/// Largest gRPC message sent (certificates make snapshots big).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest admin request accepted (a batch with many certificates).
+pub const MAX_ADMIN_REQUEST: usize = 16 << 20;
+/// Largest watch message accepted from a subscriber (hello, ACK, health).
+pub const MAX_WATCH_REQUEST: usize = 1 << 20;
+/// Most audit records one ListAudit returns.
+pub const MAX_AUDIT_LIMIT: u32 = 10_000;
 
 /// How long a new watch stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The Admin service.
+/// The Admin service. Every call needs the admin role.
 #[derive(Clone, Debug)]
 pub struct AdminService {
     state: Arc<State>,
+    auth: Arc<Auth>,
 }
 
 impl AdminService {
+    /// Without authentication.
     pub fn new(state: Arc<State>) -> Self {
-        Self { state }
+        Self::with_auth(state, Arc::new(Auth::disabled()))
+    }
+
+    pub fn with_auth(state: Arc<State>, auth: Arc<Auth>) -> Self {
+        Self { state, auth }
     }
 }
 
@@ -40,43 +54,86 @@ impl AdminService {
 impl pb::admin_server::Admin for AdminService {
     async fn get_state(
         &self,
-        _request: Request<GetStateRequest>,
+        request: Request<GetStateRequest>,
     ) -> Result<Response<Snapshot>, Status> {
-        Ok(Response::new((*self.state.snapshot()).clone()))
+        let who = self.auth.check(request.metadata(), Role::Admin)?;
+        let snapshot = self.state.snapshot();
+        if request.get_ref().include_private_keys {
+            tracing::info!(who = %who.name, version = snapshot.version, "state exported with private keys");
+            Ok(Response::new((*snapshot).clone()))
+        } else {
+            Ok(Response::new(redact_keys(&snapshot)))
+        }
     }
 
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        let who = self.auth.check(request.metadata(), Role::Admin)?;
+        let peer = request.remote_addr().map(|a| a.to_string());
         let req = request.into_inner();
-        let version = self.state.apply(req.changes, req.expected_version).await?;
+        let version = self
+            .state
+            .apply_as(req.changes, req.expected_version, who, peer)
+            .await?;
         Ok(Response::new(ApplyResponse { version }))
     }
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.auth.check(request.metadata(), Role::Admin)?;
         Ok(Response::new(self.state.status()))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.auth.check(request.metadata(), Role::Admin)?;
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        let records = self
+            .state
+            .audit(limit as usize)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading the audit trail: {e}")))?;
+        Ok(Response::new(ListAuditResponse { records }))
     }
 }
 
-/// The Watch service. Its streams end when `shutdown` is cancelled.
+/// The Watch service (subscriber or admin role). Its streams end when
+/// `shutdown` is cancelled.
 #[derive(Clone, Debug)]
 pub struct WatchService {
     state: Arc<State>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    auth: Arc<Auth>,
 }
 
 impl WatchService {
     /// `sessions` tracks the stream tasks, so the server can wait for them.
+    /// Without authentication.
     pub fn new(state: Arc<State>, shutdown: CancellationToken, sessions: TaskTracker) -> Self {
+        Self::with_auth(state, shutdown, sessions, Arc::new(Auth::disabled()))
+    }
+
+    pub fn with_auth(
+        state: Arc<State>,
+        shutdown: CancellationToken,
+        sessions: TaskTracker,
+        auth: Arc<Auth>,
+    ) -> Self {
         Self {
             state,
             shutdown,
             sessions,
+            auth,
         }
     }
 }
@@ -91,6 +148,7 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.auth.check(request.metadata(), Role::Subscriber)?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -121,15 +179,17 @@ impl pb::watch_server::Watch for WatchService {
         let rx_state = self.state.subscribe();
         let shutdown = self.shutdown.clone();
         self.sessions
-            .spawn(session(handle, inbound, rx_state, tx, shutdown));
+            .spawn(session(handle, tier, inbound, rx_state, tx, shutdown));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// Sends the current snapshot, then each new one; records answers as they
-/// come. Ends when either side closes or on shutdown.
+/// Sends the current snapshot (the part for this subscriber's tier), then
+/// each new one that changes that part; records answers as they come. Ends
+/// when either side closes or on shutdown.
 async fn session(
     handle: SubscriberHandle,
+    tier: Tier,
     mut inbound: Streaming<WatchRequest>,
     mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     tx: mpsc::Sender<SnapshotResult>,
@@ -137,6 +197,9 @@ async fn session(
 ) {
     // The first send is the current snapshot, at once.
     snapshots.mark_changed();
+    // What was last sent, version zeroed, to skip versions that change
+    // nothing this subscriber sees.
+    let mut last_sent: Option<Snapshot> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -145,7 +208,16 @@ async fn session(
                 if changed.is_err() {
                     break;
                 }
-                let snap = (**snapshots.borrow_and_update()).clone();
+                let mut snap = for_subscriber(&snapshots.borrow_and_update(), tier);
+                let version = snap.version;
+                snap.version = 0;
+                if last_sent.as_ref() == Some(&snap) {
+                    handle.unchanged(version);
+                    continue;
+                }
+                last_sent = Some(snap.clone());
+                snap.version = version;
+                handle.sent(version);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     sent = tx.send(Ok(snap)) => if sent.is_err() { break },

@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use control_api::pb::{Change, Snapshot, StatusResponse, SubscriberStatus, Tier};
+use control_api::pb::{AuditRecord, Change, Snapshot, StatusResponse, SubscriberStatus, Tier};
 use observe::Readiness;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::changes::{ChangeError, apply_changes};
+use crate::auth::Principal;
+use crate::changes::{ChangeError, apply_changes, describe};
 use crate::metrics::{ApplyResult, Metrics};
 use crate::store::{RedbStore, Store, StoreError};
 use crate::validate::{ValidationError, validate};
@@ -58,6 +59,11 @@ struct Entry {
     last_error: String,
     last_seen_unix_ms: u64,
     node_health: Vec<control_api::pb::NodeHealth>,
+    /// Version of the last snapshot sent to the latest stream.
+    sent_version: u64,
+    /// Newest version whose (filtered) config equals the one sent: an ACK
+    /// of `sent_version` stands for it too.
+    equivalent_version: u64,
 }
 
 #[derive(Debug, Default)]
@@ -178,9 +184,24 @@ impl State {
         changes: Vec<Change>,
         expected_version: u64,
     ) -> Result<u64, ApplyError> {
+        self.apply_as(changes, expected_version, Principal::anonymous(), None)
+            .await
+    }
+
+    /// [`State::apply`] on behalf of `who` (calling from `peer`), recorded
+    /// in the audit trail together with the new state.
+    pub async fn apply_as(
+        self: &Arc<Self>,
+        changes: Vec<Change>,
+        expected_version: u64,
+        who: Principal,
+        peer: Option<String>,
+    ) -> Result<u64, ApplyError> {
         let this = self.clone();
         let result = tokio::spawn(async move {
-            let result = this.apply_serialized(&changes, expected_version).await;
+            let result = this
+                .apply_serialized(&changes, expected_version, &who, peer)
+                .await;
             this.metrics.apply(match &result {
                 Ok(_) => ApplyResult::Ok,
                 Err(ApplyError::Aborted { .. }) => ApplyResult::Aborted,
@@ -201,6 +222,8 @@ impl State {
         &self,
         changes: &[Change],
         expected_version: u64,
+        who: &Principal,
+        peer: Option<String>,
     ) -> Result<u64, ApplyError> {
         if changes.is_empty() {
             return Err(ApplyError::Empty);
@@ -216,15 +239,31 @@ impl State {
         let mut next = apply_changes(&base, changes)?;
         validate(&next)?;
         next.version = base.version + 1;
+        let record = AuditRecord {
+            version: next.version,
+            unix_ms: now_unix_ms(),
+            who: who.name.clone(),
+            role: who.role_name().to_string(),
+            changes: changes.iter().map(describe).collect(),
+            peer: peer.unwrap_or_default(),
+        };
         let store = self.store.clone();
-        let next = tokio::task::spawn_blocking(move || store.save(&next).map(|()| next))
+        let next = tokio::task::spawn_blocking(move || store.commit(&next, &record).map(|()| next))
             .await
             .map_err(|e| ApplyError::Task(e.to_string()))??;
         let version = next.version;
         self.current.send_replace(Arc::new(next));
         self.metrics.set_version(version);
-        tracing::info!(version, changes = changes.len(), "applied change");
+        tracing::info!(version, changes = changes.len(), who = %who.name, "applied change");
         Ok(version)
+    }
+
+    /// The newest `limit` audit records, newest first.
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.audit(limit))
+            .await
+            .map_err(|_| StoreError::Poisoned)?
     }
 
     /// Every subscriber (sorted by id) and the current version.
@@ -272,11 +311,15 @@ impl State {
             last_error: String::new(),
             last_seen_unix_ms: now,
             node_health: Vec::new(),
+            sent_version: 0,
+            equivalent_version: 0,
         });
         e.tier = tier;
         e.open_streams += 1;
         e.latest_stream = stream;
         e.last_seen_unix_ms = now;
+        e.sent_version = 0;
+        e.equivalent_version = 0;
         let open = e.open_streams;
         let connected = subs.connected();
         drop(subs);
@@ -311,7 +354,11 @@ impl SubscriberHandle {
         }
         e.last_seen_unix_ms = now_unix_ms();
         if error.is_empty() {
-            e.acked_version = version;
+            e.acked_version = if version == e.sent_version {
+                e.equivalent_version.max(version)
+            } else {
+                version
+            };
             e.last_error.clear();
             drop(subs);
             tracing::debug!(id = %self.id, version, "subscriber ACK");
@@ -319,6 +366,36 @@ impl SubscriberHandle {
             e.last_error = error.to_string();
             drop(subs);
             tracing::warn!(id = %self.id, version, error, "subscriber NACK: refused the config");
+        }
+    }
+
+    /// Records that `version` was sent on this stream.
+    pub fn sent(&self, version: u64) {
+        self.with_entry(|e| {
+            e.sent_version = version;
+            e.equivalent_version = version;
+        });
+    }
+
+    /// Records that `version` changed nothing this subscriber sees: nothing
+    /// is sent, and an ACK of what was sent stands for `version` too.
+    pub fn unchanged(&self, version: u64) {
+        self.with_entry(|e| {
+            e.equivalent_version = version;
+            // It applied what was sent (or an equivalent since): it runs
+            // `version` too.
+            if e.sent_version != 0 && e.acked_version >= e.sent_version && e.last_error.is_empty() {
+                e.acked_version = version;
+            }
+        });
+    }
+
+    fn with_entry(&self, f: impl FnOnce(&mut Entry)) {
+        let mut subs = self.state.lock_subscribers();
+        if let Some(e) = subs.by_id.get_mut(&self.id)
+            && e.latest_stream == self.stream
+        {
+            f(e);
         }
     }
 

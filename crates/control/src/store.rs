@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use control_api::pb::Snapshot;
+use control_api::pb::{AuditRecord, Snapshot};
 use prost::Message;
 
 /// Errors of the durable store.
@@ -34,10 +34,24 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<Option<Snapshot>, StoreError>;
     /// Replaces the stored snapshot; durable once this returns `Ok`.
     fn save(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+    /// Replaces the stored snapshot and appends its audit record, both or
+    /// neither; durable once this returns `Ok`. Backends without an audit
+    /// trail only save the snapshot.
+    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
+        let _ = audit;
+        self.save(snapshot)
+    }
+    /// The newest `limit` audit records, newest first.
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
 }
 
 const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("state");
 const KEY: &str = "snapshot";
+/// Audit records by the version they produced.
+const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
 
 /// File name of the embedded database inside the data directory.
 pub const DB_FILE: &str = "control.redb";
@@ -94,12 +108,47 @@ impl Store for RedbStore {
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
+
+    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
+        let bytes = snapshot.encode_to_vec();
+        let record = audit.encode_to_vec();
+        // One transaction: the state and its record, or neither.
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut table = txn.open_table(TABLE).map_err(redb::Error::from)?;
+            table
+                .insert(KEY, bytes.as_slice())
+                .map_err(redb::Error::from)?;
+            let mut log = txn.open_table(AUDIT).map_err(redb::Error::from)?;
+            log.insert(audit.version, record.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = match txn.open_table(AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(redb::Error::from)?.rev().take(limit) {
+            let (_, v) = entry.map_err(redb::Error::from)?;
+            out.push(AuditRecord::decode(v.value())?);
+        }
+        Ok(out)
+    }
 }
 
 /// A store that keeps the snapshot in memory only (tests, ephemeral runs).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     snapshot: Mutex<Option<Vec<u8>>>,
+    audit: Mutex<Vec<AuditRecord>>,
 }
 
 impl Store for MemoryStore {
@@ -115,6 +164,18 @@ impl Store for MemoryStore {
         let mut guard = self.snapshot.lock().map_err(|_| StoreError::Poisoned)?;
         *guard = Some(snapshot.encode_to_vec());
         Ok(())
+    }
+
+    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
+        let mut log = self.audit.lock().map_err(|_| StoreError::Poisoned)?;
+        self.save(snapshot)?;
+        log.push(audit.clone());
+        Ok(())
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let log = self.audit.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(log.iter().rev().take(limit).cloned().collect())
     }
 }
 
@@ -149,6 +210,21 @@ mod tests {
         }
         let store = RedbStore::open(dir.path())?;
         assert_eq!(store.load()?, Some(sample(2)));
+        assert!(store.audit(10)?.is_empty());
+        for v in 3..=5 {
+            let record = AuditRecord {
+                version: v,
+                who: "alice".into(),
+                changes: vec![format!("put node node-{v}")],
+                ..Default::default()
+            };
+            store.commit(&sample(v), &record)?;
+        }
+        drop(store);
+        let store = RedbStore::open(dir.path())?;
+        assert_eq!(store.load()?, Some(sample(5)));
+        let versions: Vec<u64> = store.audit(2)?.iter().map(|r| r.version).collect();
+        assert_eq!(versions, vec![5, 4]);
         Ok(())
     }
 

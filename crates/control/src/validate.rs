@@ -116,6 +116,33 @@ pub fn validate(s: &Snapshot) -> Result<(), ValidationError> {
             }
         }
     }
+    if let Some(tls) = &s.tls {
+        for (i, k) in tls.ticket_keys.iter().enumerate() {
+            if k.name.len() != 16 {
+                v.err(
+                    format!("tls.ticket_keys[{i}].name"),
+                    format!("{} bytes; a ticket key name is 16", k.name.len()),
+                );
+            }
+            if k.secret.len() != 32 {
+                v.err(
+                    format!("tls.ticket_keys[{i}].secret"),
+                    format!("{} bytes; a ticket key secret is 32", k.secret.len()),
+                );
+            }
+        }
+        if !tls.client_ca_pem.is_empty()
+            && CertificateDer::pem_slice_iter(tls.client_ca_pem.as_bytes())
+                .filter_map(Result::ok)
+                .next()
+                .is_none()
+        {
+            v.err(
+                "tls.client_ca_pem".to_string(),
+                "holds no PEM certificate".to_string(),
+            );
+        }
+    }
     v.finish()
 }
 
@@ -551,6 +578,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             cluster: c.into(),
+            ..Default::default()
         };
         let snap = |r| Snapshot {
             clusters: vec![cluster.clone()],

@@ -80,6 +80,7 @@ fn route(name: &str, cluster: &str) -> Change {
         host: "example.com".into(),
         path_prefix: "/".into(),
         cluster: cluster.into(),
+        ..Default::default()
     }))
 }
 
@@ -122,7 +123,10 @@ fn memory_state() -> Result<Arc<State>, control::StoreError> {
 async fn apply_and_get_state() -> TestResult {
     let server = Server::start(memory_state()?).await?;
     let mut admin = server.admin().await?;
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s, pb::Snapshot::default());
 
     let v = apply(
@@ -138,7 +142,10 @@ async fn apply_and_get_state() -> TestResult {
     )
     .await?;
     assert_eq!(v, 1);
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s.version, 1);
     assert_eq!(s.nodes.len(), 2);
     assert_eq!(s.clusters[0].name, "app");
@@ -156,7 +163,10 @@ async fn apply_and_get_state() -> TestResult {
     )
     .await?;
     assert_eq!(v, 2);
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s.version, 2);
     assert_eq!(s.nodes.len(), 1);
     assert_eq!(s.nodes[0].address, "127.0.0.1:9101");
@@ -175,7 +185,10 @@ async fn apply_and_get_state() -> TestResult {
     .ok_or("delete of a missing node succeeded")?;
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert_eq!(e.message(), r#"changes[1]: node "ghost" not found"#);
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s.version, 2);
     assert_eq!(s.nodes.len(), 1);
     server.stop().await
@@ -238,7 +251,10 @@ async fn validation_errors_carry_field_path_and_change_nothing() -> TestResult {
         .ok_or("empty batch accepted")?;
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s.version, 2);
     assert!(s.nodes.is_empty() && s.clusters.is_empty() && s.routes.is_empty());
 
@@ -269,7 +285,10 @@ async fn stale_expected_version_is_aborted() -> TestResult {
         .ok_or("stale version accepted")?;
     assert_eq!(e.code(), tonic::Code::Aborted);
     assert!(e.message().contains("version 2"), "{}", e.message());
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s.version, 2);
     assert_eq!(s.nodes.len(), 2);
     server.stop().await
@@ -432,7 +451,10 @@ async fn restart_keeps_state_and_version() -> TestResult {
         // A watch stream open during shutdown must not keep the server up.
         let (_tx, mut inbound) = open_watch(&server.url, hello("node-1", Tier::Node)).await?;
         next_snapshot(&mut inbound).await?;
-        let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+        let s = admin
+            .get_state(GetStateRequest::default())
+            .await?
+            .into_inner();
         drop(admin);
         server.stop().await?;
         s
@@ -443,7 +465,10 @@ async fn restart_keeps_state_and_version() -> TestResult {
     assert_eq!(*state.snapshot(), expected);
     let server = Server::start(state).await?;
     let mut admin = server.admin().await?;
-    let s = admin.get_state(GetStateRequest {}).await?.into_inner();
+    let s = admin
+        .get_state(GetStateRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(s, expected);
     assert_eq!(
         apply(&mut admin, vec![node("node-2", "127.0.0.1:9002")], 3).await?,
@@ -524,6 +549,7 @@ async fn run_creates_data_dir_and_stops_on_cancel() -> TestResult {
         listen: "127.0.0.1:0".parse()?,
         admin_listen: Some("127.0.0.1:0".parse()?),
         data_dir: data_dir.clone(),
+        ..Default::default()
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(control::run(config, shutdown.clone()));

@@ -91,6 +91,8 @@ impl DirectorConfig {
 /// Errors a director reports at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectorError {
+    #[error("config refused: {0}")]
+    Config(String),
     #[error("cannot bind admin endpoint {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -458,11 +460,24 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Runs a director: admin endpoint, control watch, VIP listeners, until
-/// `shutdown` is cancelled; then drains.
+/// Where a director's services and nodes come from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// Watch a control service (the first endpoint, then the others in
+    /// turn), with the subscriber token if control requires one.
+    Control {
+        endpoints: Vec<String>,
+        token: Option<String>,
+    },
+    /// A fixed snapshot (a static config file); no control service.
+    Static(Box<Snapshot>),
+}
+
+/// Runs a director: admin endpoint, config (control watch or static), VIP
+/// listeners, until `shutdown` is cancelled; then drains.
 pub async fn run(
     config: DirectorConfig,
-    control_endpoint: String,
+    source: ConfigSource,
     shutdown: CancellationToken,
 ) -> Result<(), DirectorError> {
     let director = Director::new(config.clone());
@@ -477,33 +492,55 @@ pub async fn run(
             shutdown.clone().cancelled_owned(),
         ));
     }
-    let sub = Subscription {
-        endpoint: control_endpoint,
-        id: config.id.clone(),
-        tier: Tier::Director,
-    };
-    // Node health goes to control with the watch, for `tandemctl status`.
-    let (report_tx, report_rx) =
-        tokio::sync::watch::channel(control_api::pb::HealthReport::default());
-    let mut health = director.health.clone();
-    tokio::spawn(async move {
-        loop {
-            let report = health_report(&health.borrow_and_update());
-            report_tx.send_replace(report);
-            if health.changed().await.is_err() {
-                return;
-            }
+    let watch_task = match source {
+        ConfigSource::Static(snapshot) => {
+            director.apply(&snapshot).map_err(DirectorError::Config)?;
+            None
         }
-    });
-    let d = director.clone();
-    let watch_task = tokio::spawn(watch::run_with_reports(
-        sub,
-        Arc::new(WatchState::default()),
-        Some(report_rx),
-        move |snap| d.apply(snap),
-    ));
+        ConfigSource::Control {
+            mut endpoints,
+            token,
+        } => {
+            if endpoints.is_empty() {
+                return Err(DirectorError::Config("no control endpoint".into()));
+            }
+            let endpoint = endpoints.remove(0);
+            let sub = Subscription {
+                endpoint,
+                id: config.id.clone(),
+                tier: Tier::Director,
+            };
+            // Node health goes to control with the watch, for `tandemctl status`.
+            let (report_tx, report_rx) =
+                tokio::sync::watch::channel(control_api::pb::HealthReport::default());
+            let mut health = director.health.clone();
+            tokio::spawn(async move {
+                loop {
+                    let report = health_report(&health.borrow_and_update());
+                    report_tx.send_replace(report);
+                    if health.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let d = director.clone();
+            let options = watch::WatchOptions {
+                token,
+                reports: Some(report_rx),
+                fallback_endpoints: endpoints,
+            };
+            Some(tokio::spawn(watch::run_with_options(
+                sub,
+                Arc::new(WatchState::default()),
+                options,
+                move |snap| d.apply(snap),
+            )))
+        }
+    };
     shutdown.cancelled().await;
-    watch_task.abort();
+    if let Some(t) = watch_task {
+        t.abort();
+    }
     director.drain().await;
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -24,8 +24,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::Node;
 use crate::cluster::{Cluster, InFlight};
+use crate::limits::CappedBody;
+use crate::metrics::{ClusterLabels, Metrics};
 use crate::router::normalize_host;
 use crate::upstream::{BoundPool, ConnectError, Lease, UpBody};
 
@@ -34,9 +38,6 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// How long an upstream has to answer with response headers (the body may
-/// take longer).
-pub const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -46,6 +47,11 @@ pub(crate) struct ConnCtx {
     /// The real client: the PROXY header's source, else the socket peer.
     pub client: SocketAddr,
     pub sni: Option<Arc<str>>,
+    /// Negotiated ALPN ("h2", "http/1.1", or "-").
+    pub alpn: Arc<str>,
+    /// "TLSv1.3", "TLSv1.2".
+    pub tls_version: Arc<str>,
+    pub handshake_ms: f64,
     /// Upstream connections bound to this client connection (PROXY clusters).
     pub bound: Arc<BoundPool>,
 }
@@ -125,6 +131,9 @@ fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host_raw: Option<&str>, pro
 struct AccessLog {
     client: SocketAddr,
     sni: Option<Arc<str>>,
+    alpn: Arc<str>,
+    tls_version: Arc<str>,
+    handshake_ms: f64,
     method: Method,
     host: String,
     path: String,
@@ -132,6 +141,10 @@ struct AccessLog {
     cluster: Option<String>,
     endpoint: Option<SocketAddr>,
     status: u16,
+    /// Upstream attempts (more than one after retries).
+    attempts: u32,
+    /// Request sent to response headers, last attempt.
+    upstream_ms: Option<f64>,
 }
 
 /// Runs when the response body ends (or is dropped): access log, metrics,
@@ -150,13 +163,16 @@ impl Drop for Finish {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         let cluster = self.log.cluster.as_deref().unwrap_or("");
+        let route = self.log.route.as_deref().unwrap_or("");
         self.node
             .metrics
-            .count_request(cluster, self.log.status, elapsed.as_secs_f64());
+            .count_request(route, cluster, self.log.status, elapsed.as_secs_f64());
         tracing::info!(
             target: "access",
             client = %self.log.client,
             sni = self.log.sni.as_deref().unwrap_or("-"),
+            alpn = %self.log.alpn,
+            tls = %self.log.tls_version,
             method = %self.log.method,
             host = %self.log.host,
             path = %self.log.path,
@@ -166,6 +182,9 @@ impl Drop for Finish {
             status = self.log.status,
             bytes = self.bytes,
             completed = self.completed,
+            attempts = self.log.attempts,
+            tls_handshake_ms = self.log.handshake_ms,
+            upstream_ms = self.log.upstream_ms.unwrap_or(-1.0),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
         if let Some(lease) = self.lease.take()
@@ -289,7 +308,7 @@ fn empty_body() -> UpBody {
 
 enum SendError {
     Connect(String),
-    /// No response headers within [`UPSTREAM_RESPONSE_TIMEOUT`].
+    /// No response headers within the cluster's response timeout.
     Timeout,
     Other(String),
 }
@@ -299,12 +318,35 @@ pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let mut resp = serve(&ctx, req).await;
+    // Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So
+    // is one whose body was refused part-way: the rest of it is not read.
+    if &*ctx.alpn != "h2"
+        && (ctx.node.is_shutting_down() || resp.status() == StatusCode::PAYLOAD_TOO_LARGE)
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let host_raw = request_host(&req);
     let host = host_raw.as_deref().map(normalize_host).unwrap_or_default();
     let mut log = AccessLog {
         client: ctx.client,
         sni: ctx.sni.clone(),
+        alpn: ctx.alpn.clone(),
+        tls_version: ctx.tls_version.clone(),
+        handshake_ms: ctx.handshake_ms,
         method: req.method().clone(),
         host,
         path: req.uri().path().to_string(),
@@ -312,37 +354,77 @@ pub(crate) async fn handle(
         cluster: None,
         endpoint: None,
         status: 0,
+        attempts: 0,
+        upstream_ms: None,
     };
-    let (route, cluster) = {
+    let (route, cluster, listener_max_body) = {
         let rt = ctx.node.runtime.load();
-        let Some(route) = rt.router.route(&log.host, req.uri().path()).cloned() else {
-            return Ok(local(&ctx, log, start, StatusCode::NOT_FOUND, "no route\n"));
+        let Some(route) = rt
+            .router
+            .route(&log.host, req.method(), req.uri().path(), req.headers())
+            .cloned()
+        else {
+            return local(ctx, log, start, StatusCode::NOT_FOUND, "no route\n");
         };
         let cluster = rt.clusters.get(&route.cluster).cloned();
-        (route, cluster)
+        (route, cluster, rt.limits.max_body)
     };
-    // Conflicting framing (request smuggling): refuse.
+    log.route = Some(route.name.clone());
+    // Conflicting framing (request smuggling): refuse. (hyper already
+    // refuses or normalises the h1 shapes; see the crate docs.)
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
-        return Ok(local(
-            &ctx,
-            log,
-            start,
-            StatusCode::BAD_REQUEST,
-            "bad request\n",
-        ));
+        return local(ctx, log, start, StatusCode::BAD_REQUEST, "bad request\n");
     }
-    log.route = Some(route.name.clone());
+    if let Some(rd) = &route.redirect {
+        let location = rd.location(
+            &route,
+            "https",
+            &log.host,
+            req.uri().path(),
+            req.uri().query(),
+        );
+        let mut resp = local(ctx, log, start, rd.status, "redirect\n");
+        route.edit_response(resp.headers_mut());
+        match HeaderValue::from_str(&location) {
+            Ok(v) => {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Err(_) => {
+                // The request's own path or host made it unusable.
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                if let Some(f) = resp.body_mut().finish.as_mut() {
+                    f.log.status = 400;
+                }
+            }
+        }
+        return resp;
+    }
     log.cluster = Some(route.cluster.clone());
     let Some(cluster) = cluster.filter(|c| !c.endpoints.is_empty()) else {
-        return Ok(local(
-            &ctx,
+        return local(
+            ctx,
             log,
             start,
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream\n",
-        ));
+        );
+    };
+    let max_body = cluster.max_body.unwrap_or(listener_max_body);
+    if req.body().size_hint().lower() > max_body {
+        return local(
+            ctx,
+            log,
+            start,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        );
+    }
+    let hash = if cluster.policy == crate::cluster::Policy::ConsistentHash {
+        cluster.hash_key.hash(ctx.client.ip(), req.headers())
+    } else {
+        0
     };
 
     let (parts, body) = req.into_parts();
@@ -353,43 +435,108 @@ pub(crate) async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
     let mut headers = parts.headers;
-    prepare_headers(&mut headers, &ctx, host_raw.as_deref(), cluster.proxy_v2);
-    let no_body = body.is_end_stream();
-    let retryable = no_body && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let body = if no_body { empty_body() } else { body.boxed() };
-    let retry_headers = retryable.then(|| headers.clone());
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    prepare_headers(&mut headers, ctx, host_raw.as_deref(), cluster.proxy_v2);
+    if cluster.h2 && te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    route.edit_request(&mut headers);
+    let replayable = body.is_end_stream();
+    let idempotent = is_idempotent(&method);
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut body = Some(if replayable {
+        empty_body()
+    } else {
+        CappedBody::new(body, max_body, exceeded.clone()).boxed()
+    });
+    cluster.count_request();
 
-    let Some(first) = pick(&ctx, &cluster, None) else {
-        return Ok(local(
-            &ctx,
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries_left = cluster.retry.max_retries;
+    let mut last: Option<(usize, Result<Sent, SendError>)> = None;
+    while let Some(idx) = pick(ctx, &cluster, &tried, hash) {
+        tried.push(idx);
+        log.attempts += 1;
+        let attempt_body = body.take().unwrap_or_else(empty_body);
+        let attempt_headers = if replayable && retries_left > 0 {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        let sent_at = Instant::now();
+        let send = send(
+            ctx,
+            &cluster,
+            idx,
+            &method,
+            &pq,
+            attempt_headers,
+            attempt_body,
+        );
+        let r = tokio::time::timeout(cluster.response_timeout, send)
+            .await
+            .unwrap_or(Err(SendError::Timeout));
+        let waited = sent_at.elapsed().as_secs_f64();
+        log.upstream_ms = Some(waited * 1000.0);
+        ctx.node
+            .metrics
+            .upstream_ttfb
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.name.clone(),
+            })
+            .observe(waited);
+        let client_fault = exceeded.load(Ordering::Acquire);
+        // Passive health counts what the endpoint did: a refused connect,
+        // no answer in time, or a 5xx. (Other errors may be the client's.)
+        let failed = !client_fault
+            && match &r {
+                Ok((resp, _, _)) => resp.status().is_server_error(),
+                Err(SendError::Connect(_) | SendError::Timeout) => true,
+                Err(SendError::Other(_)) => false,
+            };
+        if cluster.report(idx, failed) {
+            Metrics::cluster_counter(&ctx.node.metrics.ejections, &cluster.name);
+        }
+        let retry = retries_left > 0
+            && replayable
+            && match &r {
+                // No byte reached the endpoint.
+                Err(SendError::Connect(_)) => true,
+                Ok((resp, _, _)) => {
+                    idempotent
+                        && cluster.retry.on_status.contains(&resp.status().as_u16())
+                        && cluster.take_retry()
+                }
+                Err(_) => false,
+            };
+        if let Err(SendError::Connect(e)) = &r {
+            tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[idx].addr, error = %e, "upstream connect failed");
+        }
+        last = Some((idx, r));
+        if !retry {
+            break;
+        }
+        retries_left -= 1;
+        Metrics::cluster_counter(&ctx.node.metrics.retries, &cluster.name);
+    }
+    let Some((used, attempt)) = last else {
+        return local(
+            ctx,
             log,
             start,
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream\n",
-        ));
+        );
     };
-    let timed = |idx, headers, body| {
-        let send = send(&ctx, &cluster, idx, &method, &pq, headers, body);
-        async move {
-            tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, send)
-                .await
-                .unwrap_or(Err(SendError::Timeout))
-        }
-    };
-    let mut attempt = timed(first, headers, body).await;
-    let mut used = first;
-    if let (Err(SendError::Connect(e)), Some(headers)) = (&attempt, retry_headers) {
-        tracing::debug!(endpoint = %cluster.endpoints[first].addr, error = %e, "upstream connect failed; retrying");
-        if let Some(second) = pick(&ctx, &cluster, Some(first)) {
-            used = second;
-            attempt = timed(second, headers, empty_body()).await;
-        }
-    }
-    log.endpoint = Some(cluster.endpoints[used].addr);
+    let ep = cluster.endpoints[used].addr;
+    log.endpoint = Some(ep);
     match attempt {
         Ok((resp, lease, in_flight)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            route.edit_response(&mut parts.headers);
             parts
                 .headers
                 .insert(X_TANDEM_NODE, ctx.node.node_header.clone());
@@ -407,61 +554,76 @@ pub(crate) async fn handle(
                     _in_flight: Some(in_flight),
                 }),
             };
-            Ok(Response::from_parts(parts, body))
+            Response::from_parts(parts, body)
         }
+        Err(_) if exceeded.load(Ordering::Acquire) => local(
+            ctx,
+            log,
+            start,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ),
         Err(SendError::Connect(e)) => {
-            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, error = %e, "upstream connect failed");
-            Ok(local(
-                &ctx,
+            tracing::warn!(cluster = %cluster.name, endpoint = %ep, error = %e, "upstream connect failed");
+            local(
+                ctx,
                 log,
                 start,
                 StatusCode::BAD_GATEWAY,
                 "upstream connect failed\n",
-            ))
+            )
         }
         Err(SendError::Timeout) => {
-            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, timeout = ?UPSTREAM_RESPONSE_TIMEOUT, "upstream response timed out");
-            Ok(local(
-                &ctx,
+            tracing::warn!(cluster = %cluster.name, endpoint = %ep, timeout = ?cluster.response_timeout, "upstream response timed out");
+            local(
+                ctx,
                 log,
                 start,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream timeout\n",
-            ))
+            )
         }
         Err(SendError::Other(e)) => {
-            tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[used].addr, error = %e, "upstream request failed");
-            Ok(local(
-                &ctx,
+            tracing::warn!(cluster = %cluster.name, endpoint = %ep, error = %e, "upstream request failed");
+            local(
+                ctx,
                 log,
                 start,
                 StatusCode::BAD_GATEWAY,
                 "upstream request failed\n",
-            ))
+            )
         }
     }
 }
 
 /// Picks an endpoint. For PROXY clusters, an endpoint this client connection
 /// already has an idle connection to comes first.
-fn pick(ctx: &ConnCtx, cluster: &Cluster, exclude: Option<usize>) -> Option<usize> {
+fn pick(ctx: &ConnCtx, cluster: &Cluster, exclude: &[usize], hash: u64) -> Option<usize> {
     if cluster.proxy_v2
-        && exclude.is_none()
+        && exclude.is_empty()
+        && cluster.policy != crate::cluster::Policy::ConsistentHash
         && let Some(addr) = ctx
             .bound
             .idle_endpoint(cluster.endpoints.iter().map(|e| e.addr))
         && let Some(i) = cluster.endpoint_index(addr)
+        && cluster.endpoints[i]
+            .state
+            .available(crate::cluster::now_ms())
     {
         return Some(i);
     }
-    cluster.pick(exclude)
+    cluster.pick(exclude, hash)
 }
 
-fn build(method: &Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<UpBody> {
+fn build(method: &Method, uri: Uri, headers: HeaderMap, body: UpBody, h2: bool) -> Request<UpBody> {
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *req.headers_mut() = headers;
     req
 }
@@ -488,7 +650,7 @@ async fn send(
             .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
         return match cluster
             .client
-            .request(build(method, uri, headers, body))
+            .request(build(method, uri, headers, body, cluster.h2))
             .await
         {
             Ok(resp) => Ok((resp, None, in_flight)),
@@ -519,7 +681,7 @@ async fn send(
         .map_err(connect_err)?;
     match lease
         .sender
-        .try_send_request(build(method, uri, headers, body))
+        .try_send_request(build(method, uri, headers, body, false))
         .await
     {
         Ok(resp) => Ok((resp, Some(lease), in_flight)),

@@ -15,14 +15,47 @@
 //! Configuration comes from the control service's watch stream
 //! ([`Node::apply`]) and is swapped atomically: new connections and requests
 //! see the new config, open connections keep their TLS session.
+//!
+//! ## Limits and request hygiene
+//!
+//! Listener limits come from the snapshot's `ListenerSettings` (defaults in
+//! [`limits`]): header bytes and count (431), body size (413, per listener
+//! or per cluster, on declared and on streamed bodies), h2 concurrent
+//! streams, open connections (closed at accept beyond the limit), request
+//! head read timeout (slowloris) and TLS handshake timeout.
+//!
+//! Request smuggling shapes on HTTP/1.1, as a client sees them on the wire
+//! (tested with a raw TLS socket in `tests/depth.rs`):
+//! - two different `Content-Length` values, `Transfer-Encoding` whose last
+//!   coding is not `chunked` (`gzip`, `xchunked`), `Transfer-Encoding` on
+//!   HTTP/1.0: `400` from hyper's parser, connection closed; the request
+//!   never reaches the router.
+//! - `Content-Length` *and* `Transfer-Encoding: chunked`: hyper's parser
+//!   drops `Content-Length` before the request is visible to any service
+//!   (so it cannot be refused with 400 without a parser of our own), frames
+//!   the body as chunked (RFC 9112 6.1) and closes the connection after the
+//!   answer (`connection: close`), so bytes past the chunked body are never
+//!   read as a request. The upstream gets the re-framed body, never both
+//!   headers. A request that still shows both (h2 cannot carry
+//!   `Transfer-Encoding` at all) is refused with 400.
+//! - A body refused part-way with 413 closes the h1 connection.
+//!
+//! ## Drain
+//!
+//! On shutdown the listener stops accepting; readiness goes false; h2
+//! connections get GOAWAY and finish their streams; h1 responses still in
+//! flight carry `Connection: close`; after `drain_timeout` what is left is
+//! cut.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod forward;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod proxy_accept;
 pub mod router;
+pub mod tickets;
 pub mod tls;
 mod upstream;
 
@@ -32,7 +65,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -138,15 +171,21 @@ pub(crate) struct Runtime {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub router: router::Router,
     pub clusters: HashMap<String, Arc<cluster::Cluster>>,
+    pub limits: limits::Limits,
+    /// The HTTP server for new connections, built for `limits`.
+    pub http: Arc<listener::Builder>,
 }
 
 impl Runtime {
     fn empty() -> Self {
+        let limits = limits::Limits::default();
         Runtime {
             version: 0,
             tls: None,
             router: router::Router::default(),
             clusters: HashMap::new(),
+            http: Arc::new(limits.http_builder()),
+            limits,
         }
     }
 }
@@ -165,6 +204,13 @@ pub struct Node {
     shutting_down: AtomicBool,
     tls_shared: tls::Shared,
     pub(crate) clients: upstream::ClientCache,
+    /// Health of every cluster endpoint, across snapshots.
+    pub(crate) endpoints: Arc<cluster::EndpointRegistry>,
+    checker: health::Checker,
+    health_rx: tokio::sync::watch::Receiver<health::HealthMap>,
+    health_follower: std::sync::Once,
+    /// Client connections open (for `max_connections`).
+    pub(crate) open_connections: AtomicUsize,
     /// Random per process: makes request and connection ids unique.
     pub(crate) instance: u64,
     pub(crate) node_header: http::HeaderValue,
@@ -184,7 +230,9 @@ impl std::fmt::Debug for Node {
 impl Node {
     pub fn new(config: NodeConfig) -> Arc<Node> {
         let mut registry = Registry::default();
-        let metrics = metrics::Metrics::register(&mut registry);
+        let endpoints = Arc::new(cluster::EndpointRegistry::default());
+        let metrics = metrics::Metrics::register(&mut registry, endpoints.clone());
+        let (checker, health_rx) = health::Checker::new(CancellationToken::new());
         let instance = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
@@ -201,6 +249,11 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             tls_shared: tls::Shared::new(),
             clients: upstream::ClientCache::default(),
+            endpoints,
+            checker,
+            health_rx,
+            health_follower: std::sync::Once::new(),
+            open_connections: AtomicUsize::new(0),
             instance,
             node_header,
             next_conn_id: AtomicU64::new(1),
@@ -222,16 +275,23 @@ impl Node {
     /// snapshot cannot be used (e.g. a certificate that does not parse); the
     /// previous config stays.
     pub fn apply(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let tls_settings = snapshot.tls.clone().unwrap_or_default();
+        let ticket_keys = tickets::SharedTicketer::compile(&tls_settings)?;
         let tls = if snapshot.certificates.is_empty() {
             None
         } else {
             let resolver = tls::CertResolver::compile(&snapshot.certificates)?;
-            Some(tls::server_config(Arc::new(resolver), &self.tls_shared)?)
+            let verifier = tls::client_verifier(&tls_settings)?;
+            Some(tls::server_config(
+                Arc::new(resolver),
+                &self.tls_shared,
+                verifier,
+            )?)
         };
         let router = router::Router::compile(&snapshot.routes)?;
         let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
         for c in &snapshot.clusters {
-            let compiled = cluster::Cluster::compile(c, &self.clients)?;
+            let compiled = cluster::Cluster::compile(c, &self.clients, &self.endpoints)?;
             if clusters
                 .insert(c.name.clone(), Arc::new(compiled))
                 .is_some()
@@ -239,22 +299,32 @@ impl Node {
                 return Err(format!("cluster {:?} defined twice", c.name));
             }
         }
-        for r in &snapshot.routes {
-            if !clusters.contains_key(&r.cluster) {
+        for r in router.routes() {
+            if r.redirect.is_none() && !clusters.contains_key(&r.cluster) {
                 tracing::warn!(route = %r.name, cluster = %r.cluster, "route names an unknown cluster; its requests get 503");
             }
         }
+        let limits = limits::Limits::from_settings(&snapshot.listener.unwrap_or_default());
         let drained = snapshot.nodes.iter().any(|n| {
             n.id == self.config.id
                 && (n.state == control_api::NodeState::Draining as i32
                     || n.state == control_api::NodeState::Disabled as i32)
         });
+
+        // Everything compiled: from here on nothing fails.
+        if let Some(t) = &self.tls_shared.ticketer {
+            t.install(ticket_keys);
+        }
+        self.update_health_checks(&clusters);
         let has_certs = tls.is_some();
+        let http = Arc::new(limits.http_builder());
         self.runtime.store(Arc::new(Runtime {
             version: snapshot.version,
             tls,
             router,
             clusters,
+            limits,
+            http,
         }));
         self.metrics
             .config_version
@@ -263,6 +333,54 @@ impl Node {
         self.drained_by_control.store(drained, Ordering::Release);
         self.update_readiness();
         Ok(())
+    }
+
+    /// Starts, changes or stops the active health checks of the clusters'
+    /// endpoints, and forgets endpoints no cluster has any more.
+    fn update_health_checks(&self, clusters: &HashMap<String, Arc<cluster::Cluster>>) {
+        let mut keep = std::collections::HashSet::new();
+        let mut targets = Vec::new();
+        for c in clusters.values() {
+            for e in &c.endpoints {
+                let id = cluster::EndpointRegistry::id(&c.name, e.addr);
+                match &c.health_check {
+                    Some(spec) => targets.push(health::Target {
+                        id: id.clone(),
+                        addr: e.addr,
+                        spec: spec.clone(),
+                    }),
+                    None => e.state.set_active_up(true),
+                }
+                keep.insert(id);
+            }
+        }
+        self.endpoints.retain(&keep);
+        if tokio::runtime::Handle::try_current().is_err() {
+            if !targets.is_empty() {
+                tracing::warn!("snapshot applied outside a tokio runtime: no active health checks");
+            }
+            return;
+        }
+        self.checker.set_targets(targets);
+        self.health_follower.call_once(|| {
+            let mut rx = self.health_rx.clone();
+            let registry = self.endpoints.clone();
+            tokio::spawn(async move {
+                loop {
+                    {
+                        let map = rx.borrow_and_update();
+                        for (id, (up, _)) in &map.targets {
+                            if let Some(s) = registry.by_id(id) {
+                                s.set_active_up(*up);
+                            }
+                        }
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        });
     }
 
     /// Accept loop on an already-bound listener until `shutdown` is
@@ -280,6 +398,10 @@ impl Node {
 
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_shutting_down(&self) {

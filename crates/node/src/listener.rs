@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::Ordering;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,29 +29,23 @@ use crate::{Node, ProxyProtocolMode};
 
 /// How long a peer has to send its PROXY header.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a client has to finish its TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Builder = auto::Builder<TokioExecutor>;
+pub(crate) type Builder = auto::Builder<TokioExecutor>;
 
-fn http_builder() -> Builder {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    b
+/// Counts an open client connection until dropped.
+struct OpenGuard(Arc<Node>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections_active.dec();
+    }
 }
 
 /// The accept loop (see [`Node::serve`]).
 pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
-    let builder = Arc::new(http_builder());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -63,18 +59,26 @@ pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Canc
                 }
             },
         };
+        // Over the limit: close at once, before any read or TLS work.
+        let max = node.runtime.load().limits.max_connections;
+        if node.open_connections.fetch_add(1, Ordering::AcqRel) >= max {
+            node.open_connections.fetch_sub(1, Ordering::AcqRel);
+            node.metrics.connections_refused.inc();
+            drop(stream);
+            continue;
+        }
+        node.metrics.connections.inc();
+        node.metrics.connections_active.inc();
+        let guard = OpenGuard(node.clone());
         let node = node.clone();
         let watcher = graceful.watcher();
         let hard_stop = hard_stop.clone();
-        let builder = builder.clone();
         tokio::spawn(async move {
-            node.metrics.connections.inc();
-            node.metrics.connections_active.inc();
+            let _guard = guard;
             tokio::select! {
-                _ = connection(&node, stream, peer, watcher, &builder) => {}
+                _ = connection(&node, stream, peer, watcher) => {}
                 _ = hard_stop.cancelled() => {}
             }
-            node.metrics.connections_active.dec();
         });
     }
     drop(listener);
@@ -96,13 +100,7 @@ fn reject(node: &Node, peer: SocketAddr, reason: &'static str, detail: &dyn std:
     tracing::debug!(%peer, reason, detail = %detail, "connection refused before TLS");
 }
 
-async fn connection(
-    node: &Arc<Node>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    watcher: Watcher,
-    builder: &Builder,
-) {
+async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -159,13 +157,22 @@ async fn connection(
         .and_then(|h| h.destination())
         .unwrap_or(local);
 
-    let Some(tls_config) = node.runtime.load().tls.clone() else {
+    let (tls_config, builder, handshake_timeout) = {
+        let rt = node.runtime.load();
+        (
+            rt.tls.clone(),
+            rt.http.clone(),
+            rt.limits.tls_handshake_timeout,
+        )
+    };
+    let Some(tls_config) = tls_config else {
         node.metrics.tls_handshake_errors.inc();
         tracing::debug!(%peer, "no certificate configured yet; closing");
         return;
     };
+    let handshake_start = std::time::Instant::now();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             node.metrics.tls_handshake_errors.inc();
@@ -178,8 +185,10 @@ async fn connection(
             return;
         }
     };
+    let handshake_ms = handshake_start.elapsed().as_secs_f64() * 1000.0;
     let (sni, alpn, tls_info) = {
         let conn = tls.get_ref().1;
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let version = conn.protocol_version().map(|v| match v {
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
@@ -190,12 +199,21 @@ async fn connection(
                 .as_str()
                 .map_or_else(|| format!("{:?}", s.suite()), str::to_string)
         });
+        node.metrics
+            .count_handshake(resumed, version.as_deref().unwrap_or("unknown"));
         (
             conn.server_name().map(Arc::<str>::from),
             conn.alpn_protocol().map(<[u8]>::to_vec),
             version.zip(cipher),
         )
     };
+    let alpn_name: Arc<str> = match alpn.as_deref() {
+        Some(b"h2") => Arc::from("h2"),
+        Some(other) => Arc::from(String::from_utf8_lossy(other).as_ref()),
+        None => Arc::from("-"),
+    };
+    let tls_version: Arc<str> =
+        Arc::from(tls_info.as_ref().map(|(v, _)| v.as_str()).unwrap_or("-"));
     let conn_id = node.next_conn_id();
     let bound = BoundPool::new(ClientIdentity {
         client,
@@ -214,6 +232,9 @@ async fn connection(
         node: node.clone(),
         client,
         sni,
+        alpn: alpn_name,
+        tls_version,
+        handshake_ms,
         bound,
     });
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

@@ -1,24 +1,169 @@
-//! Host and path to a cluster.
+//! Requests to routes.
 //!
-//! Precedence: routes for the exact host, then for a one-label wildcard host
-//! (`*.example.com` matches `a.example.com`), then routes for any host
-//! (`""`). The first of these groups holding a route whose path prefix
-//! matches wins; within a group the longest prefix wins, ties broken by route
-//! name. Prefixes match byte-wise (`/api` matches `/api`, `/api/x` and
-//! `/apix`).
+//! Precedence, in order:
+//! 1. the host group: routes for the exact host, then for a one-label
+//!    wildcard host (`*.example.com` matches `a.example.com`), then routes
+//!    for any host (`""`). The first group holding a matching route wins.
+//! 2. within a group, routes are tried most specific first: an exact path
+//!    before any prefix; a longer prefix before a shorter one; more header
+//!    conditions before fewer; a method condition before none; then by name.
+//!    The first route whose path, headers and method all match wins.
+//!
+//! Prefixes match byte-wise (`/api` matches `/api`, `/api/x` and `/apix`).
+//! A header condition matches when the header is present (`exact` empty) or
+//! one of its values equals `exact`; `invert` negates it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use control_api::Route;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderCond {
+    pub name: HeaderName,
+    /// `None`: present.
+    pub exact: Option<HeaderValue>,
+    pub invert: bool,
+}
+
+impl HeaderCond {
+    fn matches(&self, h: &HeaderMap) -> bool {
+        let hit = match &self.exact {
+            None => h.contains_key(&self.name),
+            Some(v) => h.get_all(&self.name).iter().any(|x| x == v),
+        };
+        hit != self.invert
+    }
+}
+
+/// A compiled redirect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedirectSpec {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub status: StatusCode,
+    pub strip_query: bool,
+}
+
+impl RedirectSpec {
+    /// The `Location` for a request (`scheme` is the request's, `host` its
+    /// Host without the port, `path` and `query` its URI's).
+    pub fn location(
+        &self,
+        route: &RouteEntry,
+        scheme: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let host = self.host.as_deref().unwrap_or(host);
+        let path = match (&self.path, &self.prefix_rewrite, &route.path) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(rw), PathMatch::Prefix(pfx)) => {
+                format!("{rw}{}", path.strip_prefix(pfx.as_str()).unwrap_or(path))
+            }
+            _ => path.to_string(),
+        };
+        let mut loc = format!("{scheme}://{host}");
+        if let Some(port) = self.port {
+            loc.push_str(&format!(":{port}"));
+        }
+        loc.push_str(&path);
+        if let (false, Some(q)) = (self.strip_query, query) {
+            loc.push('?');
+            loc.push_str(q);
+        }
+        loc
+    }
+}
 
 /// One compiled route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteEntry {
     pub name: String,
     pub host: String,
-    pub path_prefix: String,
+    pub path: PathMatch,
+    pub headers: Vec<HeaderCond>,
+    /// Empty: any.
+    pub methods: Vec<Method>,
     pub cluster: String,
+    pub request_add: Vec<(HeaderName, HeaderValue)>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_add: Vec<(HeaderName, HeaderValue)>,
+    pub response_remove: Vec<HeaderName>,
+    pub redirect: Option<RedirectSpec>,
+}
+
+impl RouteEntry {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self.headers.iter().all(|c| c.matches(headers))
+    }
+
+    /// Sort key: most specific first.
+    fn rank(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+        bool,
+        &str,
+    ) {
+        let (kind, len) = match &self.path {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Prefix(p) => (1, p.len()),
+        };
+        (
+            kind,
+            std::cmp::Reverse(len),
+            std::cmp::Reverse(self.headers.len()),
+            self.methods.is_empty(),
+            &self.name,
+        )
+    }
+
+    /// Applies the route's request header edits.
+    pub fn edit_request(&self, h: &mut HeaderMap) {
+        for n in &self.request_remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.request_add {
+            h.insert(n.clone(), v.clone());
+        }
+    }
+
+    /// Applies the route's response header edits.
+    pub fn edit_response(&self, h: &mut HeaderMap) {
+        for n in &self.response_remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.response_add {
+            h.insert(n.clone(), v.clone());
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,40 +194,184 @@ pub fn normalize_host(raw: &str) -> String {
 }
 
 fn sort_group(v: &mut [Arc<RouteEntry>]) {
-    v.sort_by(|a, b| {
-        b.path_prefix
-            .len()
-            .cmp(&a.path_prefix.len())
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    v.sort_by(|a, b| a.rank().cmp(&b.rank()));
 }
 
-fn first_match<'a>(group: &'a [Arc<RouteEntry>], path: &str) -> Option<&'a Arc<RouteEntry>> {
-    group.iter().find(|r| path.starts_with(&r.path_prefix))
+fn header_pairs(
+    route: &str,
+    what: &str,
+    pairs: &[control_api::pb::HeaderValue],
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    pairs
+        .iter()
+        .map(|p| {
+            let n = HeaderName::from_bytes(p.name.as_bytes())
+                .map_err(|_| format!("route {route:?}: {what}: bad header name {:?}", p.name))?;
+            let v = HeaderValue::from_str(&p.value)
+                .map_err(|_| format!("route {route:?}: {what}: bad value for {:?}", p.name))?;
+            Ok((n, v))
+        })
+        .collect()
+}
+
+fn header_names(route: &str, what: &str, names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|n| {
+            HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("route {route:?}: {what}: bad header name {n:?}"))
+        })
+        .collect()
+}
+
+fn compile_path(route: &Route) -> Result<PathMatch, String> {
+    if !route.path_exact.is_empty() {
+        if !route.path_exact.starts_with('/') {
+            return Err(format!(
+                "route {:?}: exact path {:?} does not start with '/'",
+                route.name, route.path_exact
+            ));
+        }
+        return Ok(PathMatch::Exact(route.path_exact.clone()));
+    }
+    if route.path_prefix.is_empty() {
+        Ok(PathMatch::Prefix("/".into()))
+    } else if route.path_prefix.starts_with('/') {
+        Ok(PathMatch::Prefix(route.path_prefix.clone()))
+    } else {
+        Err(format!(
+            "route {:?}: path prefix {:?} does not start with '/'",
+            route.name, route.path_prefix
+        ))
+    }
+}
+
+fn compile_redirect(route: &Route) -> Result<Option<RedirectSpec>, String> {
+    let Some(r) = &route.redirect else {
+        return Ok(None);
+    };
+    let name = &route.name;
+    let status = match r.status {
+        0 => StatusCode::MOVED_PERMANENTLY,
+        301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(r.status as u16)
+            .map_err(|_| format!("route {name:?}: redirect status {}", r.status))?,
+        s => {
+            return Err(format!(
+                "route {name:?}: redirect status {s} is not 301, 302, 303, 307 or 308"
+            ));
+        }
+    };
+    let scheme = match r.scheme.as_str() {
+        "" => None,
+        "http" | "https" => Some(r.scheme.clone()),
+        s => return Err(format!("route {name:?}: redirect scheme {s:?}")),
+    };
+    let host = if r.host.is_empty() {
+        None
+    } else if r
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        Some(r.host.clone())
+    } else {
+        return Err(format!("route {name:?}: redirect host {:?}", r.host));
+    };
+    let port = match r.port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| format!("route {name:?}: redirect port {p}"))?),
+    };
+    let path_ok = |p: &str| p.starts_with('/') && HeaderValue::from_str(p).is_ok();
+    let path = if r.path.is_empty() {
+        None
+    } else if path_ok(&r.path) {
+        Some(r.path.clone())
+    } else {
+        return Err(format!("route {name:?}: redirect path {:?}", r.path));
+    };
+    let prefix_rewrite = if r.prefix_rewrite.is_empty() {
+        None
+    } else if path_ok(&r.prefix_rewrite) {
+        Some(r.prefix_rewrite.clone())
+    } else {
+        return Err(format!(
+            "route {name:?}: redirect prefix rewrite {:?}",
+            r.prefix_rewrite
+        ));
+    };
+    Ok(Some(RedirectSpec {
+        scheme,
+        host,
+        port,
+        path,
+        prefix_rewrite,
+        status,
+        strip_query: r.strip_query,
+    }))
+}
+
+/// Compiles one route.
+pub fn compile_route(route: &Route) -> Result<RouteEntry, String> {
+    let name = &route.name;
+    let headers = route
+        .headers
+        .iter()
+        .map(|m| {
+            let n = HeaderName::from_bytes(m.name.as_bytes())
+                .map_err(|_| format!("route {name:?}: bad header name {:?}", m.name))?;
+            let exact =
+                if m.exact.is_empty() {
+                    None
+                } else {
+                    Some(HeaderValue::from_str(&m.exact).map_err(|_| {
+                        format!("route {name:?}: bad header value for {:?}", m.name)
+                    })?)
+                };
+            Ok(HeaderCond {
+                name: n,
+                exact,
+                invert: m.invert,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let methods = route
+        .methods
+        .iter()
+        .map(|m| {
+            Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("route {name:?}: bad method {m:?}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RouteEntry {
+        name: name.clone(),
+        host: normalize_host(&route.host),
+        path: compile_path(route)?,
+        headers,
+        methods,
+        cluster: route.cluster.clone(),
+        request_add: header_pairs(name, "request_headers_add", &route.request_headers_add)?,
+        request_remove: header_names(
+            name,
+            "request_headers_remove",
+            &route.request_headers_remove,
+        )?,
+        response_add: header_pairs(name, "response_headers_add", &route.response_headers_add)?,
+        response_remove: header_names(
+            name,
+            "response_headers_remove",
+            &route.response_headers_remove,
+        )?,
+        redirect: compile_redirect(route)?,
+    })
 }
 
 impl Router {
-    /// Compiles routes; `Err` for a malformed host or path prefix.
+    /// Compiles routes; `Err` names the first malformed one.
     pub fn compile(routes: &[Route]) -> Result<Router, String> {
         let mut r = Router::default();
         for route in routes {
-            let host = normalize_host(&route.host);
-            let path_prefix = if route.path_prefix.is_empty() {
-                "/".to_string()
-            } else if route.path_prefix.starts_with('/') {
-                route.path_prefix.clone()
-            } else {
-                return Err(format!(
-                    "route {:?}: path prefix {:?} does not start with '/'",
-                    route.name, route.path_prefix
-                ));
-            };
-            let entry = Arc::new(RouteEntry {
-                name: route.name.clone(),
-                host: host.clone(),
-                path_prefix,
-                cluster: route.cluster.clone(),
-            });
+            let entry = Arc::new(compile_route(route)?);
+            let host = entry.host.clone();
             if host.is_empty() || host == "*" {
                 r.any.push(entry);
             } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -108,21 +397,41 @@ impl Router {
         Ok(r)
     }
 
-    /// The route for `host` (already normalized) and `path`.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<RouteEntry>> {
-        if let Some(m) = self.exact.get(host).and_then(|g| first_match(g, path)) {
-            return Some(m);
+    /// The route for a request: `host` already normalized, `path` without
+    /// the query.
+    pub fn route(
+        &self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<RouteEntry>> {
+        let first = |g: &[Arc<RouteEntry>]| g.iter().position(|r| r.matches(method, path, headers));
+        if let Some(g) = self.exact.get(host)
+            && let Some(i) = first(g)
+        {
+            return g.get(i);
         }
         if let Some((_, rest)) = host.split_once('.')
-            && let Some(m) = self.wildcard.get(rest).and_then(|g| first_match(g, path))
+            && let Some(g) = self.wildcard.get(rest)
+            && let Some(i) = first(g)
         {
-            return Some(m);
+            return g.get(i);
         }
-        first_match(&self.any, path)
+        first(&self.any).and_then(|i| self.any.get(i))
     }
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_empty()
+    }
+
+    /// Every route, for metrics and diagnostics.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
+        self.exact
+            .values()
+            .flatten()
+            .chain(self.wildcard.values().flatten())
+            .chain(self.any.iter())
     }
 }
 
@@ -136,11 +445,22 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             cluster: cluster.into(),
+            ..Default::default()
         }
     }
 
     fn cluster_of<'a>(r: &'a Router, host: &str, path: &str) -> Option<&'a str> {
-        r.route(&normalize_host(host), path)
+        cluster_req(r, host, &Method::GET, path, &HeaderMap::new())
+    }
+
+    fn cluster_req<'a>(
+        r: &'a Router,
+        host: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&'a str> {
+        r.route(&normalize_host(host), method, path, headers)
             .map(|e| e.cluster.as_str())
     }
 
@@ -170,12 +490,132 @@ mod tests {
     }
 
     #[test]
+    fn exact_path_headers_and_methods() {
+        let mut exact = route("exact", "", "", "exact");
+        exact.path_exact = "/login".into();
+        let mut canary = route("canary", "", "/", "canary");
+        canary.headers = vec![control_api::pb::HeaderMatch {
+            name: "X-Canary".into(),
+            exact: "1".into(),
+            invert: false,
+        }];
+        let mut debug = route("debug", "", "/", "debug");
+        debug.headers = vec![control_api::pb::HeaderMatch {
+            name: "x-debug".into(),
+            ..Default::default()
+        }];
+        let mut writes = route("writes", "", "/", "writes");
+        writes.methods = vec!["post".into(), "PUT".into()];
+        let mut not_bot = route("humans", "", "/h", "humans");
+        not_bot.headers = vec![control_api::pb::HeaderMatch {
+            name: "x-bot".into(),
+            invert: true,
+            ..Default::default()
+        }];
+        let r = Router::compile(&[
+            route("root", "", "/", "root"),
+            route("long", "", "/login/long", "long"),
+            exact,
+            canary,
+            debug,
+            writes,
+            not_bot,
+        ])
+        .expect("compile");
+        let none = HeaderMap::new();
+        let mut c1 = HeaderMap::new();
+        c1.insert("x-canary", HeaderValue::from_static("1"));
+        let mut c2 = HeaderMap::new();
+        c2.insert("x-canary", HeaderValue::from_static("2"));
+        c2.insert("x-debug", HeaderValue::from_static(""));
+        let mut bot = HeaderMap::new();
+        bot.insert("x-bot", HeaderValue::from_static("yes"));
+        let get = Method::GET;
+        // Exact path beats a longer prefix and header conditions.
+        assert_eq!(cluster_req(&r, "h", &get, "/login", &c1), Some("exact"));
+        assert_eq!(
+            cluster_req(&r, "h", &get, "/login/long", &none),
+            Some("long")
+        );
+        assert_eq!(cluster_req(&r, "h", &get, "/login/", &none), Some("root"));
+        // Exact header value; presence.
+        assert_eq!(cluster_req(&r, "h", &get, "/x", &c1), Some("canary"));
+        assert_eq!(cluster_req(&r, "h", &get, "/x", &c2), Some("debug"));
+        // Methods (case-insensitive in config).
+        assert_eq!(
+            cluster_req(&r, "h", &Method::POST, "/x", &none),
+            Some("writes")
+        );
+        assert_eq!(cluster_req(&r, "h", &get, "/x", &none), Some("root"));
+        // Header condition before method: both match, canary has one header.
+        assert_eq!(
+            cluster_req(&r, "h", &Method::PUT, "/x", &c1),
+            Some("canary")
+        );
+        // Inverted: a longer prefix that only matches without x-bot.
+        assert_eq!(cluster_req(&r, "h", &get, "/h", &none), Some("humans"));
+        assert_eq!(cluster_req(&r, "h", &get, "/h", &bot), Some("root"));
+    }
+
+    #[test]
+    fn redirects() {
+        let mut https = route("https", "", "/", "");
+        https.redirect = Some(control_api::pb::Redirect {
+            scheme: "https".into(),
+            status: 308,
+            ..Default::default()
+        });
+        let mut moved = route("moved", "", "/old/", "");
+        moved.redirect = Some(control_api::pb::Redirect {
+            host: "new.example".into(),
+            prefix_rewrite: "/new/".into(),
+            port: 8443,
+            strip_query: true,
+            ..Default::default()
+        });
+        let r = Router::compile(&[https, moved]).expect("compile");
+        let e = r
+            .route("a.test", &Method::GET, "/x", &HeaderMap::new())
+            .expect("route");
+        let rd = e.redirect.as_ref().expect("redirect");
+        assert_eq!(rd.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            rd.location(e, "http", "a.test", "/x", Some("q=1")),
+            "https://a.test/x?q=1"
+        );
+        let e = r
+            .route("a.test", &Method::GET, "/old/page", &HeaderMap::new())
+            .expect("route");
+        let rd = e.redirect.as_ref().expect("redirect");
+        assert_eq!(rd.status, StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            rd.location(e, "https", "a.test", "/old/page", Some("q=1")),
+            "https://new.example:8443/new/page"
+        );
+        let mut bad = route("bad", "", "/", "");
+        bad.redirect = Some(control_api::pb::Redirect {
+            status: 200,
+            ..Default::default()
+        });
+        assert!(Router::compile(&[bad]).is_err());
+    }
+
+    #[test]
     fn no_match_and_errors() {
         let r = Router::compile(&[route("a", "a.test", "/a", "a")]).expect("compile");
         assert_eq!(cluster_of(&r, "a.test", "/b"), None);
         assert_eq!(cluster_of(&r, "b.test", "/a"), None);
         assert!(Router::compile(&[route("x", "", "nope", "c")]).is_err());
         assert!(Router::compile(&[route("x", "a*.test", "/", "c")]).is_err());
+        let mut bad = route("x", "", "/", "c");
+        bad.methods = vec!["G E T".into()];
+        assert!(Router::compile(&[bad]).is_err());
+        let mut bad = route("x", "", "/", "c");
+        bad.request_headers_add = vec![control_api::pb::HeaderValue {
+            name: "bad name".into(),
+            value: "v".into(),
+        }];
+        assert!(Router::compile(&[bad]).is_err());
     }
 
     #[test]

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use control_api::Certificate;
 use rustls::ServerConfig;
-use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::server::{ClientHello, ResolvesServerCert, StoresServerSessions, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::tickets::SharedTicketer;
 
 /// ALPN protocols offered, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -17,12 +19,12 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// does not invalidate the sessions clients hold.
 pub(crate) struct Shared {
     session_storage: Arc<dyn StoresServerSessions>,
-    ticketer: Option<Arc<dyn ProducesTickets>>,
+    pub(crate) ticketer: Option<Arc<SharedTicketer>>,
 }
 
 impl Shared {
     pub(crate) fn new() -> Self {
-        let ticketer = match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        let ticketer = match SharedTicketer::new() {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::warn!(error = %e, "no TLS session ticketer; stateful resumption only");
@@ -151,18 +153,48 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// A server config around `resolver`: TLS 1.2 and 1.3 (aws-lc-rs), ALPN h2
-/// and http/1.1, no client auth, resumption shared across configs.
+/// The client-certificate verifier of `settings`: none, or mTLS against
+/// `client_ca_pem` (required unless `client_cert_optional`).
+pub(crate) fn client_verifier(
+    settings: &control_api::pb::TlsSettings,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    if settings.client_ca_pem.trim().is_empty() {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(settings.client_ca_pem.as_bytes()) {
+        let c = c.map_err(|e| format!("client CA: {e}"))?;
+        roots.add(c).map_err(|e| format!("client CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("client CA: no certificate in PEM".into());
+    }
+    let mut b = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    );
+    if settings.client_cert_optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build().map_err(|e| format!("client CA: {e}"))
+}
+
+/// A server config around `resolver`: TLS 1.3 and 1.2 with aws-lc-rs's
+/// default suites (AEAD only: AES-GCM and ChaCha20-Poly1305; ECDHE key
+/// exchange, X25519MLKEM768 / X25519 / P-256 / P-384), ALPN h2 and
+/// http/1.1, optional client-certificate verification, resumption (session
+/// cache, and tickets sealed with the shared keys) kept across configs.
 pub(crate) fn server_config(
     resolver: Arc<CertResolver>,
     shared: &Shared,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 ) -> Result<Arc<ServerConfig>, String> {
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
     .map_err(|e| format!("TLS config: {e}"))?
-    .with_no_client_auth()
+    .with_client_cert_verifier(verifier)
     .with_cert_resolver(resolver);
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     cfg.session_storage = shared.session_storage.clone();

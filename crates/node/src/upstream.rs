@@ -26,33 +26,45 @@ use tokio::net::TcpStream;
 use crate::pp;
 
 /// Request body sent upstream.
-pub(crate) type UpBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type UpBody = BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type HttpClient = Client<HttpConnector, UpBody>;
 
 /// Most upstream connections one client connection may hold to one endpoint;
 /// past that, requests get one-off connections.
 pub(crate) const BOUND_CAP: usize = 32;
 
-/// Shared clients by connect timeout.
+/// What sets shared clients apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// h2 with prior knowledge.
+    pub h2: bool,
+}
+
+/// Shared clients by [`ClientKey`], kept across config swaps (so are their
+/// pools).
 #[derive(Default)]
 pub(crate) struct ClientCache {
-    clients: Mutex<HashMap<Duration, HttpClient>>,
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
 }
 
 impl ClientCache {
-    pub(crate) fn get(&self, connect_timeout: Duration) -> HttpClient {
+    pub(crate) fn get(&self, key: ClientKey) -> HttpClient {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(connect_timeout)
+        map.entry(key)
             .or_insert_with(|| {
                 let mut c = HttpConnector::new();
-                c.set_connect_timeout(Some(connect_timeout));
+                c.set_connect_timeout(Some(key.connect_timeout));
                 c.set_nodelay(true);
                 c.enforce_http(true);
                 Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(key.idle_timeout)
                     .pool_max_idle_per_host(1024)
+                    .http2_only(key.h2)
                     .build(c)
             })
             .clone()

@@ -88,15 +88,22 @@ async fn echo_app(name: &'static str) -> SocketAddr {
                             .to_string()
                     };
                     let body = format!(
-                        "app={name}\nxff={}\nhost={}\npath={}\nproto={}\nrequest_id={}\nlen={len}\nte={}\n",
+                        "app={name}\nxff={}\nhost={}\npath={}\nproto={}\nrequest_id={}\nlen={len}\nte={}\nadded={}\nsecret={}\n",
                         h("x-forwarded-for"),
                         h("host"),
                         req.uri().path(),
                         h("x-forwarded-proto"),
                         h("x-request-id"),
                         h("transfer-encoding"),
+                        h("x-added"),
+                        h("x-secret"),
                     );
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    resp.headers_mut().insert(
+                        "x-app-internal",
+                        hyper::header::HeaderValue::from_static("1"),
+                    );
+                    Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -190,6 +197,7 @@ fn cluster(name: &str, endpoints: &[SocketAddr], proxy_v2: bool) -> Cluster {
             UpstreamProxyProtocol::None as i32
         },
         connect_timeout_ms: 500,
+        ..Default::default()
     }
 }
 
@@ -199,6 +207,7 @@ fn route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route {
         host: host.into(),
         path_prefix: prefix.into(),
         cluster: cluster.into(),
+        ..Default::default()
     }
 }
 
@@ -366,7 +375,7 @@ async fn proxy_v2_client_address_becomes_x_forwarded_for() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &n.node.registry()).expect("encode");
     assert!(
-        text.contains("tandem_node_requests_total{cluster=\"a\",code=\"2xx\"} 3"),
+        text.contains("tandem_node_requests_total{route=\"all\",cluster=\"a\",code=\"2xx\"} 3"),
         "{text}"
     );
     assert!(text.contains("tandem_node_config_version 1"), "{text}");

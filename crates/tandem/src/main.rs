@@ -65,6 +65,13 @@ struct ControlArgs {
     /// Where the durable state lives.
     #[arg(long, default_value = ".tandem/control")]
     data_dir: PathBuf,
+    /// Admin bearer tokens, one per line (`TOKEN` or `NAME TOKEN`). With
+    /// neither token file, auth is off.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Subscriber (director, node) bearer tokens, one per line.
+    #[arg(long, value_name = "FILE")]
+    subscriber_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,9 +79,23 @@ struct DirectorArgs {
     /// Stable id reported to control.
     #[arg(long, default_value = "director-1")]
     id: String,
-    /// Control service URL.
-    #[arg(long, default_value = "http://127.0.0.1:9400", env = "TANDEM_CONTROL")]
-    control: String,
+    /// Control service URL; repeat (or separate with commas) for several
+    /// control instances, tried in turn.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9400",
+        env = "TANDEM_CONTROL",
+        value_delimiter = ','
+    )]
+    control: Vec<String>,
+    /// File holding the subscriber token control requires (last word of its
+    /// first line).
+    #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Run from a static config file (TOML: services, nodes) instead of a
+    /// control service.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -128,9 +149,23 @@ struct NodeArgs {
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Control service URL.
-    #[arg(long, default_value = "http://127.0.0.1:9400", env = "TANDEM_CONTROL")]
-    control: String,
+    /// Control service URL; repeat (or separate with commas) for several
+    /// control instances, tried in turn.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9400",
+        env = "TANDEM_CONTROL",
+        value_delimiter = ','
+    )]
+    control: Vec<String>,
+    /// File holding the subscriber token control requires (last word of its
+    /// first line).
+    #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Run from a static config file (TOML: certificates, clusters, routes)
+    /// instead of a control service; SIGHUP reloads it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// PROXY protocol on the listener.
     #[arg(long, value_enum, default_value = "optional")]
     proxy_protocol: ProxyModeArg,
@@ -232,6 +267,9 @@ async fn async_main(command: Command) -> Result<()> {
                 listen: a.listen,
                 admin_listen: a.admin_listen,
                 data_dir: a.data_dir,
+                admin_token_file: a.admin_token_file,
+                subscriber_token_file: a.subscriber_token_file,
+                ..control::ControlConfig::default()
             };
             control::run(config, shutdown)
                 .await
@@ -254,7 +292,14 @@ async fn async_main(command: Command) -> Result<()> {
             if let Some(n) = a.accept_loops {
                 config.accept_loops = n.max(1);
             }
-            director::run(config, a.control, shutdown)
+            let source = match &a.config {
+                Some(path) => director::ConfigSource::Static(Box::new(load_static(path)?)),
+                None => director::ConfigSource::Control {
+                    endpoints: a.control,
+                    token: read_token(a.token_file.as_deref())?,
+                },
+            };
+            director::run(config, source, shutdown)
                 .await
                 .context("director")?;
         }
@@ -276,13 +321,121 @@ async fn async_main(command: Command) -> Result<()> {
                 trusted_proxies,
                 drain_timeout: Duration::from_secs(a.drain_timeout_secs),
             };
-            node::run(config, a.control, shutdown)
-                .await
-                .context("node")?;
+            let source = match a.config {
+                Some(path) => NodeSource::Static(path),
+                None => NodeSource::Control {
+                    endpoints: a.control,
+                    token: read_token(a.token_file.as_deref())?,
+                },
+            };
+            run_node(config, source, shutdown).await?;
         }
         Command::Up(a) => up::run(a, shutdown).await?,
         Command::DemoApp(a) => demo_app::run(a, shutdown).await?,
     }
+    Ok(())
+}
+
+fn read_token(path: Option<&std::path::Path>) -> Result<Option<String>> {
+    path.map(|p| {
+        control_api::auth::read_token_file(p)
+            .with_context(|| format!("reading token file {}", p.display()))
+    })
+    .transpose()
+}
+
+fn load_static(path: &std::path::Path) -> Result<control_api::Snapshot> {
+    control_api::config::load_file(path)
+        .with_context(|| format!("loading static config {}", path.display()))
+}
+
+/// Where a node's certificates, clusters and routes come from.
+enum NodeSource {
+    /// A static file, reloaded on SIGHUP (a bad file is refused and the
+    /// running config stays).
+    Static(PathBuf),
+    /// A control service's watch stream.
+    Control {
+        endpoints: Vec<String>,
+        token: Option<String>,
+    },
+}
+
+/// Runs a node: binds its listeners, gets its config, serves until
+/// `shutdown`, then drains.
+async fn run_node(
+    config: node::NodeConfig,
+    source: NodeSource,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin {addr}"))?,
+        ),
+        None => None,
+    };
+    let id = config.id.clone();
+    let node = node::Node::new(config);
+    if let Some(l) = admin {
+        tokio::spawn(observe::serve_admin(
+            l,
+            node.registry(),
+            node.readiness(),
+            shutdown.clone().cancelled_owned(),
+        ));
+    }
+    let background = match source {
+        NodeSource::Static(path) => {
+            node.apply(&load_static(&path)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let reloader = node.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match load_static(&path)
+                        .and_then(|s| reloader.apply(&s).map_err(|e| anyhow::anyhow!(e)))
+                    {
+                        Ok(()) => tracing::info!(file = %path.display(), "reloaded static config"),
+                        Err(e) => {
+                            tracing::error!(file = %path.display(), error = %format!("{e:#}"), "reload refused; keeping the running config")
+                        }
+                    }
+                }
+            })
+        }
+        NodeSource::Control {
+            mut endpoints,
+            token,
+        } => {
+            anyhow::ensure!(!endpoints.is_empty(), "no control endpoint");
+            let endpoint = endpoints.remove(0);
+            let sub = control_api::watch::Subscription {
+                endpoint,
+                id,
+                tier: control_api::Tier::Node,
+            };
+            let options = control_api::watch::WatchOptions {
+                token,
+                reports: None,
+                fallback_endpoints: endpoints,
+            };
+            let applier = node.clone();
+            tokio::spawn(control_api::watch::run_with_options(
+                sub,
+                std::sync::Arc::new(control_api::watch::WatchState::default()),
+                options,
+                move |snap: &control_api::Snapshot| applier.apply(snap),
+            ))
+        }
+    };
+    node.serve(listener, shutdown).await;
+    background.abort();
     Ok(())
 }
 

@@ -19,7 +19,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use control_api::auth::BearerInterceptor;
 use control_api::pb::{self, Change, admin_client::AdminClient, change};
+use tonic::service::interceptor::InterceptedService;
+
+type Admin = AdminClient<InterceptedService<tonic::transport::Channel, BearerInterceptor>>;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -180,6 +184,14 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
 
+    // Credentials: control refuses calls without them. Made on first run.
+    let admin_token_file = data.join("admin.token");
+    let subscriber_token_file = data.join("subscriber.token");
+    ensure_token(&admin_token_file, "admin")?;
+    ensure_token(&subscriber_token_file, "tandem-up")?;
+    let admin_token =
+        control_api::auth::read_token_file(&admin_token_file).context("reading the admin token")?;
+
     let pki = LocalPki::in_dir(&data);
     if pki.ensure()? {
         println!(
@@ -200,11 +212,15 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
             s(layout.control_admin()),
             "--data-dir".into(),
             data.join("control").display().to_string(),
+            "--admin-token-file".into(),
+            admin_token_file.display().to_string(),
+            "--subscriber-token-file".into(),
+            subscriber_token_file.display().to_string(),
         ],
         &logs,
     );
     control.spawn()?;
-    let mut admin = connect_admin(&layout.control_url(), &shutdown).await?;
+    let mut admin = connect_admin(&layout.control_url(), &admin_token, &shutdown).await?;
     let state = seed(&mut admin, &layout, &args, &pki)
         .await
         .context("loading the initial config into control")?;
@@ -240,6 +256,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
                     s(layout.node_admin(i)),
                     "--control".into(),
                     layout.control_url(),
+                    "--token-file".into(),
+                    subscriber_token_file.display().to_string(),
                     "--drain-timeout-secs".into(),
                     drain.clone(),
                 ],
@@ -257,6 +275,8 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
             s(layout.director_admin()),
             "--control".into(),
             layout.control_url(),
+            "--token-file".into(),
+            subscriber_token_file.display().to_string(),
             "--drain-timeout-secs".into(),
             drain.clone(),
         ],
@@ -363,14 +383,15 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn connect_admin(
-    url: &str,
-    shutdown: &CancellationToken,
-) -> Result<AdminClient<tonic::transport::Channel>> {
+async fn connect_admin(url: &str, token: &str, shutdown: &CancellationToken) -> Result<Admin> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let interceptor = BearerInterceptor::new(token).context("admin token")?;
     loop {
-        match AdminClient::connect(url.to_string()).await {
-            Ok(c) => return Ok(c),
+        match tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect()
+            .await
+        {
+            Ok(channel) => return Ok(AdminClient::with_interceptor(channel, interceptor)),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 bail!("control did not come up at {url}: {e} (see its log)")
             }
@@ -386,12 +407,15 @@ async fn connect_admin(
 /// Adds what `up` needs and the state lacks; leaves the rest alone.
 /// Returns the resulting state.
 async fn seed(
-    admin: &mut AdminClient<tonic::transport::Channel>,
+    admin: &mut Admin,
     layout: &Layout,
     args: &UpArgs,
     pki: &LocalPki,
 ) -> Result<pb::Snapshot> {
-    let state = admin.get_state(pb::GetStateRequest {}).await?.into_inner();
+    let state = admin
+        .get_state(pb::GetStateRequest::default())
+        .await?
+        .into_inner();
     let mut changes = Vec::new();
     let put = |c: change::Change| Change { change: Some(c) };
 
@@ -507,7 +531,10 @@ async fn seed(
         "Loaded {n} changes into control (version {}).",
         resp.version
     );
-    Ok(admin.get_state(pb::GetStateRequest {}).await?.into_inner())
+    Ok(admin
+        .get_state(pb::GetStateRequest::default())
+        .await?
+        .into_inner())
 }
 
 /// Polls an admin endpoint's `path` until it answers 200.
@@ -553,8 +580,29 @@ async fn answers_200(addr: SocketAddr, path: &str) -> bool {
 fn write_ctl_config(data: &Path, layout: &Layout) -> Result<()> {
     let path = data.join("tandemctl.toml");
     let text = format!(
-        "# Written by `tandem up`: where tandemctl finds the control service.\ncontrol = \"{}\"\n",
+        "# Written by `tandem up`: where tandemctl finds the control service,\n# and its admin credential (relative to this directory).\ncontrol = \"{}\"\ntoken_file = \"admin.token\"\n",
         layout.control_url()
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `NAME TOKEN` with a fresh random token to `path` (mode 0600)
+/// unless the file exists.
+fn ensure_token(path: &Path, name: &str) -> Result<()> {
+    use rand::Rng;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let bytes: [u8; 32] = rand::rng().random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{name} {token}")?;
+    Ok(())
 }

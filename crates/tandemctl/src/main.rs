@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use control_api::auth::BearerInterceptor;
 use control_api::pb::{
     self, Change, GetStateRequest, NodeState, ResourceKind, Snapshot, StatusRequest,
     StatusResponse, SubscriberStatus, Tier, admin_client::AdminClient, change,
 };
 use serde_json::{Value, json};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use table::Table;
@@ -26,6 +28,9 @@ struct Cli {
     /// Control service URL (else $TANDEM_CONTROL, else .tandem/tandemctl.toml, else http://127.0.0.1:9400).
     #[arg(long, global = true, env = "TANDEM_CONTROL")]
     control: Option<String>,
+    /// File holding the bearer token (else $TANDEM_TOKEN_FILE, else `token_file` in .tandem/tandemctl.toml).
+    #[arg(long, global = true, env = "TANDEM_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -66,6 +71,57 @@ enum Command {
     Table {
         /// Service name.
         service: String,
+    },
+    /// The audit trail: who applied which change, when, at which version (newest first).
+    Audit {
+        /// At most this many records.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Make the state look like a TOML document, in one batch; prints the diff.
+    Apply {
+        /// The desired state (see `tandemctl state export` for the format).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Show the diff only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove resources the document does not name.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Back up or restore the whole state.
+    #[command(subcommand)]
+    State(StateCmd),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StateFormat {
+    /// The declarative TOML document.
+    Toml,
+    /// The binary protobuf Snapshot.
+    Pb,
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCmd {
+    /// The whole state, private keys included (admin only): a backup.
+    Export {
+        #[arg(long, value_enum, default_value_t = StateFormat::Toml)]
+        format: StateFormat,
+        /// Write here instead of standard output.
+        #[arg(long = "out")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Replace the whole state with a backup, in one batch.
+    Import {
+        file: std::path::PathBuf,
+        /// Default: pb for a `.pb` file, else toml.
+        #[arg(long, value_enum)]
+        format: Option<StateFormat>,
+        /// Show the diff only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -129,7 +185,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let url = target::control_url(cli.control.clone(), &cwd)?;
-    let ctl = Ctl::connect(url, cli.output).await?;
+    let token = match target::token_file(cli.token_file.clone(), &cwd)? {
+        Some(path) => Some(control_api::auth::read_token_file(&path)?),
+        None => None,
+    };
+    let ctl = Ctl::connect(url, cli.output, token.as_deref()).await?;
     match cli.command {
         Command::Status => ctl.status().await,
         Command::Node(cmd) => ctl.node(cmd).await,
@@ -139,6 +199,38 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Table { service } => ctl.table(&service).await,
         Command::Cert(ListCmd::List) => ctl.list(Kind::Cert).await,
         Command::Watch => ctl.watch().await,
+        Command::Audit { limit } => ctl.audit(limit).await,
+        Command::Apply {
+            file,
+            dry_run,
+            prune,
+        } => {
+            let desired = control_api::config::load_file(&file)?;
+            ctl.apply_desired(&desired, prune, dry_run).await
+        }
+        Command::State(StateCmd::Export { format, out }) => ctl.export(format, out).await,
+        Command::State(StateCmd::Import {
+            file,
+            format,
+            dry_run,
+        }) => {
+            let format = format.unwrap_or(if file.extension().is_some_and(|e| e == "pb") {
+                StateFormat::Pb
+            } else {
+                StateFormat::Toml
+            });
+            let desired = match format {
+                StateFormat::Toml => control_api::config::load_file(&file)?,
+                StateFormat::Pb => {
+                    use prost::Message;
+                    let bytes = std::fs::read(&file)
+                        .map_err(|e| anyhow!("reading {}: {e}", file.display()))?;
+                    Snapshot::decode(bytes.as_slice())
+                        .map_err(|e| anyhow!("{} is not a Snapshot: {e}", file.display()))?
+                }
+            };
+            ctl.apply_desired(&desired, true, dry_run).await
+        }
     }
 }
 
@@ -162,7 +254,10 @@ struct Ctl {
     url: String,
     output: Output,
     channel: Channel,
+    auth: BearerInterceptor,
 }
+
+type Authed = InterceptedService<Channel, BearerInterceptor>;
 
 enum Kind {
     Route,
@@ -175,7 +270,8 @@ const MAX_MESSAGE: usize = 64 << 20;
 const ATTEMPTS: usize = 3;
 
 impl Ctl {
-    async fn connect(url: String, output: Output) -> Result<Self> {
+    async fn connect(url: String, output: Output, token: Option<&str>) -> Result<Self> {
+        let auth = BearerInterceptor::optional(token).map_err(|e| anyhow!("the token: {e}"))?;
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid control URL {url:?}: {}", root_cause(&e)))?
             .connect_timeout(Duration::from_secs(5))
@@ -188,11 +284,13 @@ impl Ctl {
             url,
             output,
             channel,
+            auth,
         })
     }
 
-    fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    fn admin(&self) -> AdminClient<Authed> {
+        AdminClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// A clear message for a failed call.
@@ -206,7 +304,9 @@ impl Ctl {
             Code::Aborted => anyhow!("conflict: {msg}"),
             Code::Unavailable => anyhow!("cannot reach control at {}: {msg}", self.url),
             Code::DeadlineExceeded => anyhow!("control at {} did not answer in time", self.url),
-            Code::Unauthenticated => anyhow!("unauthenticated: {msg}"),
+            Code::Unauthenticated => anyhow!(
+                "unauthenticated: {msg} (give --token-file, $TANDEM_TOKEN_FILE or token_file in .tandem/tandemctl.toml)"
+            ),
             Code::PermissionDenied => anyhow!("permission denied: {msg}"),
             Code::Unimplemented => {
                 anyhow!("{} does not serve the Tandem control API: {msg}", self.url)
@@ -216,8 +316,14 @@ impl Ctl {
     }
 
     async fn get_state(&self) -> Result<Snapshot> {
+        self.get_state_with(false).await
+    }
+
+    async fn get_state_with(&self, include_private_keys: bool) -> Result<Snapshot> {
         self.admin()
-            .get_state(GetStateRequest {})
+            .get_state(GetStateRequest {
+                include_private_keys,
+            })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| self.rpc_error(&s))
@@ -725,8 +831,11 @@ impl Ctl {
     async fn watch(&self) -> Result<()> {
         use tokio_stream::StreamExt;
         let id = format!("tandemctl-{}", std::process::id());
-        let mut client = pb::watch_client::WatchClient::new(self.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE);
+        let mut client = pb::watch_client::WatchClient::with_interceptor(
+            self.channel.clone(),
+            self.auth.clone(),
+        )
+        .max_decoding_message_size(MAX_MESSAGE);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let hello = pb::WatchRequest {
             msg: Some(pb::watch_request::Msg::Hello(pb::Hello {
@@ -760,6 +869,178 @@ impl Ctl {
         }
         bail!("control at {} ended the watch", self.url)
     }
+}
+
+impl Ctl {
+    async fn audit(&self, limit: u32) -> Result<()> {
+        let records = self
+            .admin()
+            .list_audit(pb::ListAuditRequest { limit })
+            .await
+            .map_err(|s| self.rpc_error(&s))?
+            .into_inner()
+            .records;
+        if self.output == Output::Json {
+            let v: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "version": r.version,
+                        "unix_ms": r.unix_ms,
+                        "who": r.who,
+                        "role": r.role,
+                        "peer": r.peer,
+                        "changes": r.changes,
+                    })
+                })
+                .collect();
+            return self.print_json(&Value::Array(v));
+        }
+        let mut t = Table::new(&["VERSION", "WHEN (UTC)", "WHO", "PEER", "CHANGES"]);
+        for r in &records {
+            t.row(vec![
+                r.version.to_string(),
+                utc(r.unix_ms),
+                r.who.clone(),
+                r.peer.clone(),
+                r.changes.join("; "),
+            ]);
+        }
+        print!("{}", t.render());
+        Ok(())
+    }
+
+    /// Diffs `desired` against the current state (keys included, so a
+    /// changed key shows) and applies the diff as one batch.
+    async fn apply_desired(&self, desired: &Snapshot, prune: bool, dry_run: bool) -> Result<()> {
+        let current = self.get_state_with(true).await?;
+        let diff = control_api::config::diff(&current, desired, prune);
+        let lines: Vec<String> = diff.entries.iter().map(ToString::to_string).collect();
+        if diff.is_empty() {
+            return self.apply_report(&lines, current.version, false, dry_run, "no changes");
+        }
+        if dry_run {
+            return self.apply_report(
+                &lines,
+                current.version,
+                false,
+                true,
+                "dry run: nothing applied",
+            );
+        }
+        let req = pb::ApplyRequest {
+            changes: diff.changes,
+            expected_version: current.version,
+        };
+        match self.admin().apply(req).await {
+            Ok(r) => {
+                let v = r.into_inner().version;
+                self.apply_report(&lines, v, true, false, "applied")
+            }
+            Err(s) if s.code() == tonic::Code::Aborted => bail!(
+                "the state changed while applying (run it again to diff against the new state): {}",
+                s.message()
+            ),
+            Err(s) => Err(self.rpc_error(&s)),
+        }
+    }
+
+    fn apply_report(
+        &self,
+        lines: &[String],
+        version: u64,
+        changed: bool,
+        dry_run: bool,
+        what: &str,
+    ) -> Result<()> {
+        if self.output == Output::Json {
+            return self.print_json(&json!({
+                "diff": lines,
+                "changed": changed,
+                "dry_run": dry_run,
+                "version": version,
+            }));
+        }
+        for l in lines {
+            println!("{l}");
+        }
+        println!("{what} (version {version})");
+        Ok(())
+    }
+
+    async fn export(&self, format: StateFormat, out: Option<std::path::PathBuf>) -> Result<()> {
+        let state = self.get_state_with(true).await?;
+        let bytes = match format {
+            StateFormat::Toml => {
+                let mut text = format!(
+                    "# Tandem state, version {}, exported from {}.\n# Holds private keys: keep it secret.\n",
+                    state.version, self.url
+                );
+                text.push_str(
+                    &control_api::config::to_toml_string(
+                        &state,
+                        control_api::config::Keys::Include,
+                    )
+                    .map_err(|e| anyhow!("{e}"))?,
+                );
+                text.into_bytes()
+            }
+            StateFormat::Pb => {
+                use prost::Message;
+                state.encode_to_vec()
+            }
+        };
+        match out {
+            Some(path) => {
+                write_private(&path, &bytes)?;
+                eprintln!("exported version {} to {}", state.version, path.display());
+            }
+            None => {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file readable by its owner only (it holds private keys).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))
+}
+
+/// "2025-01-02 03:04:05" from Unix milliseconds.
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 enum Edit {

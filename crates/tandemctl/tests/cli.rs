@@ -42,6 +42,7 @@ async fn ctl(cwd: &Path, args: &[&str]) -> Result<Output, Box<dyn std::error::Er
         .args(args)
         .current_dir(cwd)
         .env_remove("TANDEM_CONTROL")
+        .env_remove("TANDEM_TOKEN_FILE")
         .output()
         .await?;
     Ok(out)

@@ -1,0 +1,156 @@
+//! Listener limits (from the snapshot's `ListenerSettings`) and the request
+//! body cap.
+//!
+//! | limit | default | what the client sees beyond it |
+//! |---|---|---|
+//! | `max_connections` | 10000 | the connection is closed at accept, before TLS |
+//! | `max_header_bytes` | 65536 (h1: at least 8192) | `431` (h1 by hyper; h2 by the h2 crate) |
+//! | `max_headers` | 100 | `431` (h1) |
+//! | `max_request_body_bytes` | 10 MiB | `413` (declared length: before any upstream byte; streamed: when the cap is crossed, unless the upstream already answered) |
+//! | `h2_max_concurrent_streams` | 256 | `REFUSED_STREAM` past the advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
+//! | `header_read_timeout_ms` | 10000 | h1: `408` then close if part of a head came, else close |
+//! | `tls_handshake_timeout_ms` | 10000 | close |
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_H2_STREAMS: u32 = 256;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's smallest allowed h1 read buffer.
+const H1_MIN_BUF: usize = 8192;
+
+/// The compiled listener limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body: u64,
+    pub h2_max_streams: u32,
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_settings(&control_api::pb::ListenerSettings::default())
+    }
+}
+
+fn or<T: PartialEq + Default>(v: T, default: T) -> T {
+    if v == T::default() { default } else { v }
+}
+
+impl Limits {
+    pub fn from_settings(s: &control_api::pb::ListenerSettings) -> Limits {
+        let ms = |v: u32, d: Duration| {
+            if v == 0 {
+                d
+            } else {
+                Duration::from_millis(u64::from(v))
+            }
+        };
+        Limits {
+            max_connections: or(s.max_connections as usize, DEFAULT_MAX_CONNECTIONS),
+            max_header_bytes: or(s.max_header_bytes as usize, DEFAULT_MAX_HEADER_BYTES),
+            max_headers: or(s.max_headers as usize, DEFAULT_MAX_HEADERS),
+            max_body: or(s.max_request_body_bytes, DEFAULT_MAX_BODY),
+            h2_max_streams: or(s.h2_max_concurrent_streams, DEFAULT_H2_STREAMS),
+            header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT),
+            tls_handshake_timeout: ms(s.tls_handshake_timeout_ms, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        }
+    }
+
+    /// The hyper server builder (h1 and h2) for these limits.
+    pub(crate) fn http_builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes.max(H1_MIN_BUF))
+            .max_headers(self.max_headers)
+            .keep_alive(true);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.h2_max_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        b
+    }
+}
+
+/// A request body that fails once more than `limit` bytes went through,
+/// and says so in `exceeded` (the forwarder then answers 413).
+pub(crate) struct CappedBody<B> {
+    inner: B,
+    left: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> CappedBody<B> {
+    pub(crate) fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        CappedBody {
+            inner,
+            left: limit,
+            exceeded,
+        }
+    }
+}
+
+/// The client sent a body larger than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body exceeds the limit")]
+pub struct BodyTooLarge;
+
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > this.left {
+                        this.exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
