@@ -52,6 +52,8 @@ pub(crate) struct ConnCtx {
     /// "TLSv1.3", "TLSv1.2".
     pub tls_version: Arc<str>,
     pub handshake_ms: f64,
+    /// "https" on the TLS listener, "http" on the plain one.
+    pub scheme: &'static str,
     /// Upstream connections bound to this client connection (PROXY clusters).
     pub bound: Arc<BoundPool>,
 }
@@ -111,15 +113,15 @@ fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host_raw: Option<&str>, pro
             h.insert(X_FORWARDED_FOR, v);
         }
         let fwd = if ip.is_ipv6() {
-            format!("for=\"[{ip}]\";proto=https")
+            format!("for=\"[{ip}]\";proto={}", ctx.scheme)
         } else {
-            format!("for={ip};proto=https")
+            format!("for={ip};proto={}", ctx.scheme)
         };
         if let Ok(v) = HeaderValue::from_str(&fwd) {
             h.insert(header::FORWARDED, v);
         }
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme));
     if !h.contains_key(X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_str(&ctx.node.new_request_id())
     {

@@ -387,7 +387,14 @@ impl Node {
     /// cancelled; then stops accepting, sets readiness false, lets in-flight
     /// connections finish up to `drain_timeout`, and returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        listener::serve(self, listener, shutdown).await
+        listener::serve(self, listener, shutdown, listener::Transport::Tls).await
+    }
+
+    /// Like [`Node::serve`] for a plain-HTTP listener (no TLS: HTTP/1.1, or
+    /// h2 with prior knowledge). Same PROXY rules, routes and clusters;
+    /// apps see `X-Forwarded-Proto: http`.
+    pub async fn serve_plain(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        listener::serve(self, listener, shutdown, listener::Transport::Plain).await
     }
 
     /// Ready once a snapshot with at least one certificate is applied; false

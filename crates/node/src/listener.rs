@@ -42,8 +42,16 @@ impl Drop for OpenGuard {
     }
 }
 
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tls,
+    /// Plain HTTP (HTTP/1.1, or h2 with prior knowledge).
+    Plain,
+}
+
 /// The accept loop (see [`Node::serve`]).
-pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken) {
+pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken, transport: Transport) {
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
     loop {
@@ -76,7 +84,7 @@ pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: Canc
         tokio::spawn(async move {
             let _guard = guard;
             tokio::select! {
-                _ = connection(&node, stream, peer, watcher) => {}
+                _ = connection(&node, stream, peer, watcher, transport) => {}
                 _ = hard_stop.cancelled() => {}
             }
         });
@@ -100,7 +108,7 @@ fn reject(node: &Node, peer: SocketAddr, reason: &'static str, detail: &dyn std:
     tracing::debug!(%peer, reason, detail = %detail, "connection refused before TLS");
 }
 
-async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watcher: Watcher, transport: Transport) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -165,6 +173,37 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watch
             rt.limits.tls_handshake_timeout,
         )
     };
+    if transport == Transport::Plain {
+        let conn_id = node.next_conn_id();
+        let bound = BoundPool::new(ClientIdentity {
+            client,
+            destination,
+            sni: None,
+            alpn: None,
+            tls: None,
+            unique_id: {
+                let mut id = format!("{:016x}-{conn_id:x}-{}", node.instance, node.config.id);
+                id.truncate(id.floor_char_boundary(128));
+                id
+            },
+        });
+        let ctx = Arc::new(ConnCtx {
+            node: node.clone(),
+            client,
+            sni: None,
+            alpn: Arc::from("-"),
+            tls_version: Arc::from("-"),
+            handshake_ms: 0.0,
+            scheme: "http",
+            bound,
+        });
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| forward::handle(ctx.clone(), req));
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, %client, error = %e, "client connection ended with an error");
+        }
+        return;
+    }
     let Some(tls_config) = tls_config else {
         node.metrics.tls_handshake_errors.inc();
         tracing::debug!(%peer, "no certificate configured yet; closing");
@@ -235,6 +274,7 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watch
         alpn: alpn_name,
         tls_version,
         handshake_ms,
+        scheme: "https",
         bound,
     });
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

@@ -146,6 +146,9 @@ struct NodeArgs {
     /// TLS listener.
     #[arg(long, default_value = "127.0.0.1:9411")]
     listen: SocketAddr,
+    /// Optional plain-HTTP listener (same routes; apps see X-Forwarded-Proto: http).
+    #[arg(long)]
+    plain_listen: Option<SocketAddr>,
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -328,7 +331,7 @@ async fn async_main(command: Command) -> Result<()> {
                     token: read_token(a.token_file.as_deref())?,
                 },
             };
-            run_node(config, source, shutdown).await?;
+            run_node(config, a.plain_listen, source, shutdown).await?;
         }
         Command::Up(a) => up::run(a, shutdown).await?,
         Command::DemoApp(a) => demo_app::run(a, shutdown).await?,
@@ -365,12 +368,21 @@ enum NodeSource {
 /// `shutdown`, then drains.
 async fn run_node(
     config: node::NodeConfig,
+    plain_listen: Option<SocketAddr>,
     source: NodeSource,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let plain = match plain_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
     let admin = match config.admin_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -434,7 +446,11 @@ async fn run_node(
             ))
         }
     };
+    let plain_task = plain.map(|l| tokio::spawn(node.clone().serve_plain(l, shutdown.clone())));
     node.serve(listener, shutdown).await;
+    if let Some(t) = plain_task {
+        let _ = t.await;
+    }
     background.abort();
     Ok(())
 }
