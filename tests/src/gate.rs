@@ -68,7 +68,17 @@ pub fn which(program: &str) -> Option<PathBuf> {
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
         .map(|d| d.join(program))
         .find(|p| is_executable(p))
 }

@@ -106,6 +106,8 @@ pub type CheckFn = Arc<dyn Fn(&Answer) -> Result<()> + Send + Sync>;
 /// Running load.
 pub struct Load {
     done: Arc<AtomicUsize>,
+    next: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<LoadReport>,
 }
 
@@ -114,8 +116,36 @@ impl Load {
     /// connection; `check` says whether an answer counts as a success.
     pub fn start(spec: LoadSpec, connect: ConnectFn, check: CheckFn) -> Load {
         let done = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(spec, connect, check, done.clone()));
-        Load { done, task }
+        let next = Arc::new(AtomicUsize::new(0));
+        let limit = Arc::new(AtomicUsize::new(spec.total));
+        let task = tokio::spawn(run(
+            spec,
+            connect,
+            check,
+            done.clone(),
+            next.clone(),
+            limit.clone(),
+        ));
+        Load {
+            done,
+            next,
+            limit,
+            task,
+        }
+    }
+
+    /// Lets the requests already started finish and starts no more: the
+    /// load then ends with fewer than `total` requests (all counted).
+    pub fn stop(&self) {
+        let claimed = self.next.load(Ordering::SeqCst);
+        self.limit.fetch_min(claimed, Ordering::SeqCst);
+    }
+
+    /// Runs `n` more requests, then stops.
+    pub async fn finish_after(self, n: usize) -> LoadReport {
+        self.until(self.done() + n).await;
+        self.stop();
+        self.finish().await
     }
 
     /// Requests finished (either way) so far.
@@ -151,23 +181,29 @@ async fn run(
     connect: ConnectFn,
     check: CheckFn,
     done: Arc<AtomicUsize>,
+    next: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
 ) -> LoadReport {
     let report = Arc::new(Mutex::new(LoadReport::new(spec.total)));
-    let next = Arc::new(AtomicUsize::new(0));
     let conns = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
         let (spec, connect, check) = (spec.clone(), connect.clone(), check.clone());
-        let (report, next, conns, done) = (report.clone(), next.clone(), conns.clone(), done.clone());
+        let (report, next, conns, done) =
+            (report.clone(), next.clone(), conns.clone(), done.clone());
+        let limit = limit.clone();
         tasks.spawn(async move {
             let mut conn: Option<(Conn, usize, usize)> = None; // (conn, record index, used)
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= spec.total {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= limit.load(Ordering::SeqCst) {
                     return;
                 }
-                if conn.as_ref().is_some_and(|(_, _, used)| *used >= spec.per_conn) {
+                if conn
+                    .as_ref()
+                    .is_some_and(|(_, _, used)| *used >= spec.per_conn)
+                {
                     conn = None;
                 }
                 if conn.is_none() {
@@ -240,16 +276,23 @@ async fn run(
     let all = async { while tasks.join_next().await.is_some() {} };
     let timed_out = tokio::time::timeout(spec.deadline, all).await.is_err();
     let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = LoadReport::new(spec.total);
+    // Requests run: every claimed index below the (possibly lowered) limit.
+    let total = next
+        .load(Ordering::SeqCst)
+        .min(limit.load(Ordering::SeqCst));
+    let mut out = LoadReport::new(total);
     std::mem::swap(&mut out, &mut r);
     drop(r);
+    out.total = total;
     out.started = started;
     out.elapsed = started.elapsed();
     if timed_out {
-        let missing = spec.total.saturating_sub(out.ok + out.failed);
+        let missing = out.total.saturating_sub(out.ok + out.failed);
         out.failed += missing;
-        out.errors
-            .push(format!("deadline {:?}: {missing} requests never finished", spec.deadline));
+        out.errors.push(format!(
+            "deadline {:?}: {missing} requests never finished",
+            spec.deadline
+        ));
     }
     out
 }

@@ -77,6 +77,7 @@ static LABS: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// A lab with only its switch namespace and bridge.
     pub fn new() -> Result<Lab> {
+        sweep_dead_labs();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("tdm-{}-{n}", std::process::id());
         let lab = Lab {
@@ -95,7 +96,10 @@ impl Lab {
 
     fn add_netns(&self, name: &str) -> Result<()> {
         ip(&["netns", "add", name])?;
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).push(name.to_string());
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_string());
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 
@@ -109,14 +113,44 @@ impl Lab {
         let netns = format!("{}-{name}", self.prefix);
         self.add_netns(&netns)?;
         let port = format!("v-{name}");
-        ensure!(port.len() <= 15, "host name {name:?} too long for a link name");
+        ensure!(
+            port.len() <= 15,
+            "host name {name:?} too long for a link name"
+        );
         // Both ends are made in the switch namespace; one moves to the host.
         ip(&[
-            "-n", &self.switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &netns,
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
         ])?;
-        ip(&["-n", &self.switch, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         let host = Host {
             name: name.to_string(),
@@ -224,9 +258,16 @@ impl Lab {
 
     /// Sends `signal` to process `name` and, for SIGKILL/SIGTERM, waits up
     /// to `wait` for it to exit (killing it if SIGTERM was not enough).
-    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal, wait: Duration) -> Result<()> {
+    pub fn signal(
+        &self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+        wait: Duration,
+    ) -> Result<()> {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        let proc = procs.get_mut(name).with_context(|| format!("no process {name}"))?;
+        let proc = procs
+            .get_mut(name)
+            .with_context(|| format!("no process {name}"))?;
         let Some(child) = proc.child.as_mut() else {
             bail!("process {name} is not running");
         };
@@ -250,15 +291,23 @@ impl Lab {
 
     /// kill -9, and reap.
     pub fn kill9(&self, name: &str) -> Result<()> {
-        self.signal(name, nix::sys::signal::Signal::SIGKILL, Duration::from_secs(10))
+        self.signal(
+            name,
+            nix::sys::signal::Signal::SIGKILL,
+            Duration::from_secs(10),
+        )
     }
 
     /// Starts process `name` again with the same host, program and arguments.
     pub fn restart(&self, name: &str) -> Result<u32> {
         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        let proc = procs.get_mut(name).with_context(|| format!("no process {name}"))?;
+        let proc = procs
+            .get_mut(name)
+            .with_context(|| format!("no process {name}"))?;
         ensure!(
-            proc.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some()),
+            proc.child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some()),
             "{name} still runs"
         );
         self.start(proc)
@@ -286,7 +335,11 @@ impl Lab {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let from = all.len().saturating_sub(lines);
-            eprintln!("----- {name} ({}), last {} lines -----", p.log.display(), all.len() - from);
+            eprintln!(
+                "----- {name} ({}), last {} lines -----",
+                p.log.display(),
+                all.len() - from
+            );
             for l in &all[from..] {
                 eprintln!("{l}");
             }
@@ -295,7 +348,10 @@ impl Lab {
 
     /// The lab's namespaces, for checking clean-up.
     pub fn namespaces(&self) -> Vec<String> {
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn prefix(&self) -> &str {
@@ -345,4 +401,26 @@ pub fn leftover_namespaces() -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&prefix))
         .collect()
+}
+
+/// Deletes namespaces of labs whose test process is gone (a run killed
+/// before its clean-up could run): `tdm-<pid>-...` with no process <pid>.
+fn sweep_dead_labs() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("tdm-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("deleting namespace {name} left by a dead test run");
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
 }

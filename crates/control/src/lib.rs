@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tickets;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ pub struct ControlConfig {
     pub subscriber_token_file: Option<PathBuf>,
     /// Keepalive, connection age and other server settings.
     pub serve: ServeOptions,
+    /// Make and rotate the nodes' TLS session ticket keys at this interval
+    /// (`None`: leave them to the operator).
+    pub ticket_key_rotation: Option<std::time::Duration>,
 }
 
 impl Default for ControlConfig {
@@ -62,6 +66,7 @@ impl Default for ControlConfig {
             admin_token_file: None,
             subscriber_token_file: None,
             serve: ServeOptions::default(),
+            ticket_key_rotation: None,
         }
     }
 }
@@ -160,6 +165,13 @@ pub async fn run(config: ControlConfig, shutdown: CancellationToken) -> Result<(
         version = state.version(),
         "control service starting"
     );
+    if let Some(interval) = config.ticket_key_rotation {
+        tokio::spawn(tickets::rotate_forever(
+            state.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+    }
     let result = serve_with(listener, state, options, shutdown.clone()).await;
     // Whatever ended the gRPC server also ends the admin endpoint.
     if let Some(task) = admin {

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 pub use flow::{FLOW_HASH_SEED, flow_hash};
 pub use pool::{Pool, PoolError};
+pub use pump::Mode as RelayMode;
 
 use metrics::Metrics;
 
@@ -61,8 +62,9 @@ pub struct DirectorConfig {
     /// Flows on a node that drains (DRAINING, weight 0, removed) are closed
     /// after this long; `None` lets them run to their natural end.
     pub node_drain_timeout: Option<Duration>,
-    /// Relay with splice(2) (zero-copy) rather than userspace copies.
-    pub splice: bool,
+    /// How bytes are relayed: `Auto` copies small messages and splices
+    /// bulk transfers (Linux); `Copy` never splices; `Splice` always does.
+    pub relay: RelayMode,
     /// Listening sockets per VIP, bound with SO_REUSEPORT so the kernel
     /// spreads new connections over one accept loop per core.
     pub accept_loops: usize,
@@ -80,7 +82,11 @@ impl DirectorConfig {
             idle_timeout: Duration::from_secs(900),
             max_connections: 100_000,
             node_drain_timeout: None,
-            splice: cfg!(target_os = "linux"),
+            relay: if cfg!(target_os = "linux") {
+                RelayMode::Auto
+            } else {
+                RelayMode::Copy
+            },
             accept_loops: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -124,6 +130,11 @@ pub struct Director {
     flows: Arc<flows::FlowTable>,
     /// Every accept loop and relay task, for draining.
     tasks: TaskTracker,
+    /// One single-threaded runtime per accept loop: a flow lives on the
+    /// thread that accepted it (thread per core, no work stealing).
+    workers: Vec<tokio::runtime::Handle>,
+    next_worker: std::sync::atomic::AtomicUsize,
+    stop_workers: CancellationToken,
     /// Cancelled when the director stops accepting.
     shutdown: CancellationToken,
 }
@@ -136,6 +147,8 @@ impl Director {
         let metrics = Arc::new(Metrics::register(&mut registry));
         let shutdown = CancellationToken::new();
         let (checker, health) = health::Checker::new(shutdown.clone());
+        let stop_workers = CancellationToken::new();
+        let workers = config.accept_loops.max(1);
         let director = Arc::new(Director {
             config,
             last: Mutex::new(None),
@@ -147,6 +160,9 @@ impl Director {
             readiness: Readiness::default(),
             flows: Arc::new(flows::FlowTable::default()),
             tasks: TaskTracker::new(),
+            workers: spawn_workers(workers, &stop_workers),
+            next_worker: std::sync::atomic::AtomicUsize::new(0),
+            stop_workers,
             shutdown,
         });
         // Close flows on drained nodes once their deadline passes.
@@ -279,7 +295,7 @@ impl Director {
                 None => true,
             };
             if rebind {
-                let mut listeners: Vec<TcpListener> = Vec::new();
+                let mut listeners: Vec<std::net::TcpListener> = Vec::new();
                 for _ in 0..self.config.accept_loops.max(1) {
                     // Port 0: the later sockets join the port the first one got.
                     let at = match listeners.first().and_then(|l| l.local_addr().ok()) {
@@ -362,13 +378,25 @@ impl Director {
     fn spawn_accept_loop(
         self: &Arc<Self>,
         service: String,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         pool: Arc<ArcSwap<Pool>>,
         limit: Arc<tokio::sync::Semaphore>,
         stop: CancellationToken,
     ) {
         let this = self.clone();
-        self.tasks.spawn(async move {
+        let n = self
+            .next_worker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let on = self.workers.get(n % self.workers.len().max(1)).cloned();
+        let accept_loop = async move {
+            // Registered with the reactor of the runtime this runs on.
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(service = %service, error = %e, "cannot register listener");
+                    return;
+                }
+            };
             loop {
                 let (client, peer) = tokio::select! {
                     _ = stop.cancelled() => break,
@@ -384,7 +412,12 @@ impl Director {
                 };
                 // Over the limit: refuse at once rather than queue.
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    this.metrics.refused.get_or_create(&metrics::ServiceLabel { service: service.clone() }).inc();
+                    this.metrics
+                        .refused
+                        .get_or_create(&metrics::ServiceLabel {
+                            service: service.clone(),
+                        })
+                        .inc();
                     tracing::debug!(service = %service, client = %peer, "max connections reached; refusing");
                     let _ = client.set_zero_linger();
                     drop(client);
@@ -397,12 +430,21 @@ impl Director {
                     flows: this.flows.clone(),
                     connect_timeout: this.config.connect_timeout,
                     idle_timeout: this.config.idle_timeout,
-                    splice: this.config.splice,
+                    relay: this.config.relay,
                 };
-                this.tasks.spawn(relay::handle(ctx, client, peer, pool, permit));
+                this.tasks
+                    .spawn(relay::handle(ctx, client, peer, pool, permit));
             }
             tracing::info!(service = %service, "stopped accepting");
-        });
+        };
+        match on {
+            Some(handle) => {
+                self.tasks.spawn_on(accept_loop, &handle);
+            }
+            None => {
+                self.tasks.spawn(accept_loop);
+            }
+        }
     }
 
     /// Stops accepting on every VIP, then waits for open flows to end, at
@@ -430,6 +472,42 @@ impl Director {
         } else {
             tracing::info!("drained");
         }
+        self.stop_workers.cancel();
+    }
+}
+
+/// Starts `n` threads, each running a current-thread runtime until `stop`.
+/// Returns their handles; none if threads cannot be made (then flows run on
+/// the caller's runtime).
+fn spawn_workers(n: usize, stop: &CancellationToken) -> Vec<tokio::runtime::Handle> {
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build a worker runtime; flows share the main runtime");
+                return Vec::new();
+            }
+        };
+        handles.push(rt.handle().clone());
+        let stop = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("director-{i}"))
+            .spawn(move || rt.block_on(stop.cancelled()));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a worker thread; flows share the main runtime");
+            return Vec::new();
+        }
+    }
+    handles
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        self.stop_workers.cancel();
     }
 }
 
@@ -449,7 +527,7 @@ fn health_report(map: &health::HealthMap) -> control_api::pb::HealthReport {
 
 /// Binds a listener with SO_REUSEADDR and SO_REUSEPORT, so that several
 /// workers or a restarted director can share the VIP.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -457,7 +535,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Where a director's services and nodes come from.

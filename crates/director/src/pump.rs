@@ -20,12 +20,16 @@ use tokio::net::TcpStream;
 const CHUNK: usize = 64 * 1024;
 
 /// How bytes move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// splice(2) through a pipe: zero-copy (Linux).
     Splice,
     /// read into a buffer, write out: portable.
     Copy,
+    /// Copy while messages are small (a trip through a pipe costs more than
+    /// copying 100 bytes); once a read fills the whole buffer, the direction
+    /// carries bulk data and switches to splice.
+    Auto,
 }
 
 /// Relays until both directions have seen EOF, one fails, or nothing moved
@@ -73,8 +77,9 @@ async fn one_way(
     mode: Mode,
 ) -> io::Result<u64> {
     match mode {
-        Mode::Splice => one_way_splice(from, to, last, start).await,
-        Mode::Copy => one_way_copy(from, to, last, start).await,
+        Mode::Splice => one_way_splice(from, to, last, start, 0).await,
+        Mode::Copy => one_way_copy(from, to, last, start, false).await,
+        Mode::Auto => one_way_copy(from, to, last, start, true).await,
     }
 }
 
@@ -83,6 +88,7 @@ async fn one_way_copy(
     to: &TcpStream,
     last: &AtomicU64,
     start: Instant,
+    upgrade_to_splice: bool,
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0u64;
@@ -115,6 +121,9 @@ async fn one_way_copy(
         }
         total += n as u64;
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if upgrade_to_splice && n == buf.len() {
+            return one_way_splice(from, to, last, start, total).await;
+        }
     }
 }
 
@@ -123,10 +132,11 @@ async fn one_way_splice(
     to: &TcpStream,
     last: &AtomicU64,
     start: Instant,
+    already: u64,
 ) -> io::Result<u64> {
     let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let mut total = 0u64;
+    let mut total = already;
     loop {
         // Socket -> pipe.
         let n = loop {
@@ -165,5 +175,58 @@ async fn one_way_splice(
         }
         total += n as u64;
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A pair of connected sockets: (the end we hold, the end the relay holds).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    /// 1 MiB each way through the relay in every mode, then half-close both
+    /// ways: every byte arrives in order and the counts are right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_both_ways_in_every_mode() {
+        for mode in [Mode::Copy, Mode::Splice, Mode::Auto] {
+            let (mut client, relay_a) = pair().await;
+            let (relay_b, mut server) = pair().await;
+            let relay = tokio::spawn(async move {
+                relay(&relay_a, &relay_b, Duration::from_secs(10), mode).await
+            });
+            let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+            let (d1, d2) = (data.clone(), data.clone());
+            let (mut cr, mut cw) = client.split();
+            let (mut sr, mut sw) = server.split();
+            let up = async {
+                cw.write_all(&d1).await.expect("client write");
+                cw.shutdown().await.expect("client half-close");
+                let mut got = Vec::new();
+                sr.read_to_end(&mut got).await.expect("server read");
+                got
+            };
+            let down = async {
+                sw.write_all(&d2).await.expect("server write");
+                sw.shutdown().await.expect("server half-close");
+                let mut got = Vec::new();
+                cr.read_to_end(&mut got).await.expect("client read");
+                got
+            };
+            let (at_server, at_client) = tokio::join!(up, down);
+            assert!(at_server == data, "{mode:?}: client to server bytes differ");
+            assert!(at_client == data, "{mode:?}: server to client bytes differ");
+            let (ab, ba) = relay.await.expect("join").expect("relay");
+            assert_eq!((ab, ba), (1 << 20, 1 << 20), "{mode:?}");
+        }
     }
 }

@@ -23,7 +23,7 @@ pub struct FlowContext {
     pub flows: Arc<FlowTable>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
-    pub splice: bool,
+    pub relay: Mode,
 }
 
 pub async fn handle(
@@ -122,6 +122,6 @@ async fn relay_both(
     upstream: &TcpStream,
     ctx: &FlowContext,
 ) -> std::io::Result<(u64, u64)> {
-    let mode = if ctx.splice { Mode::Splice } else { Mode::Copy };
+    let mode = ctx.relay;
     crate::pump::relay(client, upstream, ctx.idle_timeout, mode).await
 }

@@ -51,7 +51,12 @@ pub(crate) enum Transport {
 }
 
 /// The accept loop (see [`Node::serve`]).
-pub(crate) async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: CancellationToken, transport: Transport) {
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    transport: Transport,
+) {
     let graceful = GracefulShutdown::new();
     let hard_stop = CancellationToken::new();
     loop {
@@ -108,7 +113,13 @@ fn reject(node: &Node, peer: SocketAddr, reason: &'static str, detail: &dyn std:
     tracing::debug!(%peer, reason, detail = %detail, "connection refused before TLS");
 }
 
-async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watcher: Watcher, transport: Transport) {
+async fn connection(
+    node: &Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+    transport: Transport,
+) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -197,7 +208,9 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr, watch
             scheme: "http",
             bound,
         });
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| forward::handle(ctx.clone(), req));
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            forward::handle(ctx.clone(), req)
+        });
         let conn = builder.serve_connection(TokioIo::new(io), svc);
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(%peer, %client, error = %e, "client connection ended with an error");

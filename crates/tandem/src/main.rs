@@ -72,6 +72,10 @@ struct ControlArgs {
     /// Subscriber (director, node) bearer tokens, one per line.
     #[arg(long, value_name = "FILE")]
     subscriber_token_file: Option<PathBuf>,
+    /// Hours between rotations of the nodes' shared TLS session ticket keys
+    /// (made by control, so a client resumes on any node); 0 turns it off.
+    #[arg(long, default_value_t = 12)]
+    ticket_key_rotation_hours: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -272,6 +276,8 @@ async fn async_main(command: Command) -> Result<()> {
                 data_dir: a.data_dir,
                 admin_token_file: a.admin_token_file,
                 subscriber_token_file: a.subscriber_token_file,
+                ticket_key_rotation: (a.ticket_key_rotation_hours > 0)
+                    .then(|| Duration::from_secs(a.ticket_key_rotation_hours * 3600)),
                 ..control::ControlConfig::default()
             };
             control::run(config, shutdown)
@@ -291,7 +297,9 @@ async fn async_main(command: Command) -> Result<()> {
             config.health.rise = a.health_rise;
             config.health.fall = a.health_fall;
             config.health_path = a.health_path;
-            config.splice = config.splice && !a.no_splice;
+            if a.no_splice {
+                config.relay = director::RelayMode::Copy;
+            }
             if let Some(n) = a.accept_loops {
                 config.accept_loops = n.max(1);
             }

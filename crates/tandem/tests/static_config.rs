@@ -18,7 +18,9 @@ impl Drop for Kill {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
 }
 
 fn spawn(args: &[&str]) -> Kill {
@@ -36,7 +38,11 @@ fn spawn(args: &[&str]) -> Kill {
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: static.test\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: static.test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -50,7 +56,10 @@ fn eventually(addr: SocketAddr, path: &str, want: &str) -> String {
         {
             return r;
         }
-        assert!(Instant::now() < deadline, "no answer containing {want:?} from {addr}{path}");
+        assert!(
+            Instant::now() < deadline,
+            "no answer containing {want:?} from {addr}{path}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -70,7 +79,10 @@ fn director_and_node_run_from_static_files() {
     // A certificate, so the node is ready; routes go to app-a.
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     write(&dir.path().join("cert.pem"), &key.cert.pem());
-    write(&dir.path().join("key.pem"), &key.signing_key.serialize_pem());
+    write(
+        &dir.path().join("key.pem"),
+        &key.signing_key.serialize_pem(),
+    );
     let node_cfg = dir.path().join("node.toml");
     let node_doc = |endpoint: SocketAddr| {
         format!(
@@ -125,7 +137,13 @@ state = "ACTIVE"
 "#
         ),
     );
-    let _director = spawn(&["director", "--id", "d-static", "--config", dir_cfg.to_str().expect("utf8")]);
+    let _director = spawn(&[
+        "director",
+        "--id",
+        "d-static",
+        "--config",
+        dir_cfg.to_str().expect("utf8"),
+    ]);
 
     // Client -> director (PROXY v2) -> node (plain HTTP) -> app: the app saw
     // the client's address, in X-Forwarded-For, as http.
@@ -137,14 +155,20 @@ state = "ACTIVE"
 
     // SIGHUP reloads the node's file: the route now goes to app-b.
     write(&node_cfg, &node_doc(app2));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(node.0.id() as i32), nix::sys::signal::Signal::SIGHUP)
-        .expect("SIGHUP");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
     eventually(vip, "/hello", "app-b");
 
     // A broken file is refused; the running config stays.
     write(&node_cfg, "this is [not toml");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(node.0.id() as i32), nix::sys::signal::Signal::SIGHUP)
-        .expect("SIGHUP");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
     std::thread::sleep(Duration::from_millis(300));
     eventually(vip, "/hello", "app-b");
 }
@@ -153,12 +177,18 @@ state = "ACTIVE"
 fn a_bad_static_file_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bad.toml");
-    write(&cfg, "[[services]]\nname = \"web\"\naddress = \"not-an-address\"\n");
+    write(
+        &cfg,
+        "[[services]]\nname = \"web\"\naddress = \"not-an-address\"\n",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["director", "--config", cfg.to_str().expect("utf8")])
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not-an-address"), "error should name the bad value: {err}");
+    assert!(
+        err.contains("not-an-address"),
+        "error should name the bad value: {err}"
+    );
 }
