@@ -22,7 +22,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 [ -x "$bin" ] || { echo "build first: cargo build --release -p tandem" >&2; exit 1; }
-sed "s#@RUN@#$run#g" "$shared/conf/origin.nginx.conf" > "$run/origin.conf"
+# The shared origin, plus a 1 MiB file for the long-transfer cell.
+sed "s#@RUN@#$run#g" "$shared/conf/origin.nginx.conf" \
+    | sed 's#location = /16k { root \(.*\); }#&\n        location = /1m { root \1; }#' > "$run/origin.conf"
 head -c 16384 /dev/zero | tr '\0' 'x' > "$run/www/16k"
 head -c 1048576 /dev/zero | tr '\0' 'y' > "$run/www/1m"
 taskset -c 1 nginx -p "$run/" -e "$run/origin.error.log" -c "$run/origin.conf" & pids+=($!)

@@ -2,6 +2,11 @@
 //! runs the whole system on this machine.
 #![forbid(unsafe_code)]
 
+/// mimalloc: measured cheaper than glibc malloc on the node's per-request
+/// allocations (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod certs;
 mod demo_app;
 mod up;
@@ -258,7 +263,17 @@ fn main() -> Result<()> {
         LogFormatArg::Json => observe::LogFormat::Json,
     });
     follow_parent();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // On one core (taskset, a 1-CPU container) a single-threaded runtime
+    // does the same work without the work-stealing machinery.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut builder = if cores == 1 || std::env::var_os("TANDEM_SINGLE_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;
