@@ -83,11 +83,10 @@ struct ControlArgs {
     ticket_key_rotation_hours: u64,
 }
 
+/// Where a director or a node gets its config: a control service, or a
+/// static file.
 #[derive(clap::Args, Debug)]
-struct DirectorArgs {
-    /// Stable id reported to control.
-    #[arg(long, default_value = "director-1")]
-    id: String,
+struct SourceArgs {
     /// Control service URL; repeat (or separate with commas) for several
     /// control instances, tried in turn.
     #[arg(
@@ -101,10 +100,20 @@ struct DirectorArgs {
     /// first line).
     #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Run from a static config file (TOML: services, nodes) instead of a
-    /// control service.
+    /// Run from a static config file instead of a control service: the
+    /// `tandemctl apply -f` format (a director reads services and nodes; a
+    /// node certificates, clusters and routes, and reloads it on SIGHUP).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DirectorArgs {
+    /// Stable id reported to control.
+    #[arg(long, default_value = "director-1")]
+    id: String,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -161,23 +170,8 @@ struct NodeArgs {
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Control service URL; repeat (or separate with commas) for several
-    /// control instances, tried in turn.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:9400",
-        env = "TANDEM_CONTROL",
-        value_delimiter = ','
-    )]
-    control: Vec<String>,
-    /// File holding the subscriber token control requires (last word of its
-    /// first line).
-    #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Run from a static config file (TOML: certificates, clusters, routes)
-    /// instead of a control service; SIGHUP reloads it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// PROXY protocol on the listener.
     #[arg(long, value_enum, default_value = "optional")]
     proxy_protocol: ProxyModeArg,
@@ -318,11 +312,11 @@ async fn async_main(command: Command) -> Result<()> {
             if let Some(n) = a.accept_loops {
                 config.accept_loops = n.max(1);
             }
-            let source = match &a.config {
+            let source = match &a.source.config {
                 Some(path) => director::ConfigSource::Static(Box::new(load_static(path)?)),
                 None => director::ConfigSource::Control {
-                    endpoints: a.control,
-                    token: read_token(a.token_file.as_deref())?,
+                    endpoints: a.source.control,
+                    token: read_token(a.source.token_file.as_deref())?,
                 },
             };
             director::run(config, source, shutdown)
@@ -347,11 +341,11 @@ async fn async_main(command: Command) -> Result<()> {
                 trusted_proxies,
                 drain_timeout: Duration::from_secs(a.drain_timeout_secs),
             };
-            let source = match a.config {
+            let source = match a.source.config {
                 Some(path) => NodeSource::Static(path),
                 None => NodeSource::Control {
-                    endpoints: a.control,
-                    token: read_token(a.token_file.as_deref())?,
+                    endpoints: a.source.control,
+                    token: read_token(a.source.token_file.as_deref())?,
                 },
             };
             run_node(config, a.plain_listen, source, shutdown).await?;
