@@ -51,18 +51,18 @@ enum Command {
     /// List and change L7 nodes.
     #[command(subcommand)]
     Node(NodeCmd),
-    /// List routes.
+    /// List, add and remove routes.
     #[command(subcommand)]
-    Route(ListCmd),
-    /// List clusters.
+    Route(RouteCmd),
+    /// List, add and remove clusters (app pools).
     #[command(subcommand)]
-    Cluster(ListCmd),
-    /// List services (VIPs).
+    Cluster(ClusterCmd),
+    /// List, add and remove services (VIPs).
     #[command(subcommand)]
-    Service(ListCmd),
-    /// List certificates (names, SNI, default; never keys).
+    Service(ServiceCmd),
+    /// List (names, SNI, default; never keys), add and remove certificates.
     #[command(subcommand)]
-    Cert(ListCmd),
+    Cert(CertCmd),
     /// Print one line per new version of the state (subscribes like a node does).
     Watch,
     /// A service's Maglev table: slots and share of new flows per node.
@@ -126,9 +126,111 @@ enum StateCmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum ListCmd {
-    /// List them.
+enum RouteCmd {
+    /// List routes.
     List,
+    /// Add a route (refused if the name exists).
+    Add {
+        name: String,
+        /// Cluster the route sends to.
+        #[arg(long)]
+        cluster: String,
+        /// Host: exact, `*.suffix`, or empty for any.
+        #[arg(long, default_value = "")]
+        host: String,
+        /// Path prefix, starting with `/`.
+        #[arg(long, default_value = "/")]
+        path_prefix: String,
+    },
+    /// Remove a route.
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LbArg {
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum UpstreamProxyArg {
+    /// X-Forwarded-For and friends.
+    None,
+    /// A PROXY v2 header on each upstream connection.
+    V2,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// List clusters.
+    List,
+    /// Add a cluster (refused if the name exists).
+    Add {
+        name: String,
+        /// An endpoint `IP:PORT` or `IP:PORT=WEIGHT`; repeat for several.
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        #[arg(long, value_enum, default_value = "round-robin")]
+        lb: LbArg,
+        #[arg(long, value_enum, default_value = "none")]
+        proxy_protocol: UpstreamProxyArg,
+    },
+    /// Remove a cluster (refused while a route uses it).
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HashArg {
+    FiveTuple,
+    SourceIp,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// List services.
+    List,
+    /// Add a service: a VIP the directors listen on (refused if the name exists).
+    Add {
+        name: String,
+        /// The VIP, `IP:PORT`.
+        #[arg(long)]
+        address: String,
+        /// Node pool that serves it.
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Maglev table size (prime).
+        #[arg(long, default_value_t = control_api::DEFAULT_TABLE_SIZE)]
+        table_size: u32,
+        #[arg(long, value_enum, default_value = "five-tuple")]
+        hash: HashArg,
+    },
+    /// Remove a service.
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// List certificates.
+    List,
+    /// Add a certificate from PEM files (refused if the name exists).
+    Add {
+        name: String,
+        /// PEM chain, leaf first.
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// SNI name (exact or `*.suffix`); repeat for several.
+        #[arg(long = "sni", required = true)]
+        sni: Vec<String>,
+        /// Serve it when no SNI name matches.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Remove a certificate.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,11 +295,15 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Status => ctl.status().await,
         Command::Node(cmd) => ctl.node(cmd).await,
-        Command::Route(ListCmd::List) => ctl.list(Kind::Route).await,
-        Command::Cluster(ListCmd::List) => ctl.list(Kind::Cluster).await,
-        Command::Service(ListCmd::List) => ctl.list(Kind::Service).await,
+        Command::Route(RouteCmd::List) => ctl.list(Kind::Route).await,
+        Command::Cluster(ClusterCmd::List) => ctl.list(Kind::Cluster).await,
+        Command::Service(ServiceCmd::List) => ctl.list(Kind::Service).await,
+        Command::Route(cmd) => ctl.route(cmd).await,
+        Command::Cluster(cmd) => ctl.cluster(cmd).await,
+        Command::Service(cmd) => ctl.service(cmd).await,
+        Command::Cert(CertCmd::List) => ctl.list(Kind::Cert).await,
+        Command::Cert(cmd) => ctl.cert(cmd).await,
         Command::Table { service } => ctl.table(&service).await,
-        Command::Cert(ListCmd::List) => ctl.list(Kind::Cert).await,
         Command::Watch => ctl.watch().await,
         Command::Audit { limit } => ctl.audit(limit).await,
         Command::Apply {
@@ -759,6 +865,232 @@ impl Ctl {
 
     /// Read-modify-write of one node, retried when the state moved on
     /// between the read and the write.
+    /// Applies one put or delete of a named resource. `must_exist`: Some(true)
+    /// refuses if it is missing, Some(false) if it is there already.
+    async fn put_or_delete(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        change: change::Change,
+        must_exist: bool,
+        what: &str,
+    ) -> Result<()> {
+        let label = match kind {
+            ResourceKind::Route => "route",
+            ResourceKind::Cluster => "cluster",
+            ResourceKind::Service => "service",
+            ResourceKind::Certificate => "certificate",
+            _ => "resource",
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let state = self.get_state().await?;
+            let exists = match kind {
+                ResourceKind::Route => state.routes.iter().any(|r| r.name == name),
+                ResourceKind::Cluster => state.clusters.iter().any(|c| c.name == name),
+                ResourceKind::Service => state.services.iter().any(|s| s.name == name),
+                ResourceKind::Certificate => state.certificates.iter().any(|c| c.name == name),
+                _ => false,
+            };
+            if must_exist && !exists {
+                bail!("not found: no {label} {name:?}");
+            }
+            if !must_exist && exists {
+                bail!("{label} {name:?} already exists");
+            }
+            let req = pb::ApplyRequest {
+                changes: vec![Change {
+                    change: Some(change.clone()),
+                }],
+                expected_version: state.version,
+            };
+            match self.admin().apply(req).await {
+                Ok(r) => {
+                    let version = r.into_inner().version;
+                    if self.output == Output::Json {
+                        return self.print_json(&json!({
+                            "kind": label, "name": name, "action": what, "version": version,
+                        }));
+                    }
+                    println!("{label} {name}: {what} (version {version})");
+                    return Ok(());
+                }
+                Err(s) if s.code() == tonic::Code::Aborted && attempt < ATTEMPTS => continue,
+                Err(s) => return Err(self.rpc_error(&s)),
+            }
+        }
+    }
+
+    fn delete(kind: ResourceKind, name: &str) -> change::Change {
+        change::Change::Delete(pb::Delete {
+            kind: kind as i32,
+            name: name.to_string(),
+        })
+    }
+
+    async fn route(&self, cmd: RouteCmd) -> Result<()> {
+        match cmd {
+            RouteCmd::List => self.list(Kind::Route).await,
+            RouteCmd::Add {
+                name,
+                cluster,
+                host,
+                path_prefix,
+            } => {
+                let r = pb::Route {
+                    name: name.clone(),
+                    host,
+                    path_prefix,
+                    cluster,
+                    ..Default::default()
+                };
+                self.put_or_delete(
+                    ResourceKind::Route,
+                    &name,
+                    change::Change::PutRoute(r),
+                    false,
+                    "added",
+                )
+                .await
+            }
+            RouteCmd::Remove { name } => {
+                let c = Self::delete(ResourceKind::Route, &name);
+                self.put_or_delete(ResourceKind::Route, &name, c, true, "removed")
+                    .await
+            }
+        }
+    }
+
+    async fn cluster(&self, cmd: ClusterCmd) -> Result<()> {
+        match cmd {
+            ClusterCmd::List => self.list(Kind::Cluster).await,
+            ClusterCmd::Add {
+                name,
+                endpoints,
+                lb,
+                proxy_protocol,
+            } => {
+                let endpoints = endpoints
+                    .iter()
+                    .map(|e| {
+                        let (address, weight) = match e.split_once('=') {
+                            Some((a, w)) => {
+                                let w = w.parse::<u32>().map_err(|_| {
+                                    anyhow!("--endpoint {e:?}: weight is not a number")
+                                })?;
+                                (a.to_string(), w)
+                            }
+                            None => (e.clone(), 1),
+                        };
+                        Ok(pb::Endpoint { address, weight })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let c = pb::Cluster {
+                    name: name.clone(),
+                    endpoints,
+                    lb_policy: match lb {
+                        LbArg::RoundRobin => pb::LbPolicy::RoundRobin,
+                        LbArg::LeastRequest => pb::LbPolicy::LeastRequest,
+                        LbArg::ConsistentHash => pb::LbPolicy::ConsistentHash,
+                    } as i32,
+                    proxy_protocol: match proxy_protocol {
+                        UpstreamProxyArg::None => pb::UpstreamProxyProtocol::None,
+                        UpstreamProxyArg::V2 => pb::UpstreamProxyProtocol::V2,
+                    } as i32,
+                    ..Default::default()
+                };
+                self.put_or_delete(
+                    ResourceKind::Cluster,
+                    &name,
+                    change::Change::PutCluster(c),
+                    false,
+                    "added",
+                )
+                .await
+            }
+            ClusterCmd::Remove { name } => {
+                let c = Self::delete(ResourceKind::Cluster, &name);
+                self.put_or_delete(ResourceKind::Cluster, &name, c, true, "removed")
+                    .await
+            }
+        }
+    }
+
+    async fn service(&self, cmd: ServiceCmd) -> Result<()> {
+        match cmd {
+            ServiceCmd::List => self.list(Kind::Service).await,
+            ServiceCmd::Add {
+                name,
+                address,
+                pool,
+                table_size,
+                hash,
+            } => {
+                let svc = pb::Service {
+                    name: name.clone(),
+                    address,
+                    table_size,
+                    hash: match hash {
+                        HashArg::FiveTuple => pb::HashFields::FiveTuple,
+                        HashArg::SourceIp => pb::HashFields::SourceIp,
+                    } as i32,
+                    node_pool: pool,
+                };
+                self.put_or_delete(
+                    ResourceKind::Service,
+                    &name,
+                    change::Change::PutService(svc),
+                    false,
+                    "added",
+                )
+                .await
+            }
+            ServiceCmd::Remove { name } => {
+                let c = Self::delete(ResourceKind::Service, &name);
+                self.put_or_delete(ResourceKind::Service, &name, c, true, "removed")
+                    .await
+            }
+        }
+    }
+
+    async fn cert(&self, cmd: CertCmd) -> Result<()> {
+        match cmd {
+            CertCmd::List => self.list(Kind::Cert).await,
+            CertCmd::Add {
+                name,
+                cert,
+                key,
+                sni,
+                default,
+            } => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))
+                };
+                let c = pb::Certificate {
+                    name: name.clone(),
+                    sni_names: sni,
+                    cert_chain_pem: read(&cert)?,
+                    private_key_pem: read(&key)?,
+                    default,
+                };
+                self.put_or_delete(
+                    ResourceKind::Certificate,
+                    &name,
+                    change::Change::PutCertificate(c),
+                    false,
+                    "added",
+                )
+                .await
+            }
+            CertCmd::Remove { name } => {
+                let c = Self::delete(ResourceKind::Certificate, &name);
+                self.put_or_delete(ResourceKind::Certificate, &name, c, true, "removed")
+                    .await
+            }
+        }
+    }
+
     async fn modify_node<F>(&self, id: &str, edit: F) -> Result<()>
     where
         F: Fn(Option<&pb::Node>) -> Result<Edit>,
