@@ -479,3 +479,67 @@ async fn flows_on_a_drained_node_close_at_the_drain_timeout() {
         assert_eq!(&buf, b"alive\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_is_timed_out_and_resets_disturb_no_one() {
+    // A node that accepts and then never reads nor answers.
+    let stalled = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stalled_addr = stalled.local_addr().expect("addr");
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = stalled.accept().await {
+            h.lock().await.push(s);
+        }
+    });
+    let good = fake_node("node-good").await;
+    let (vip_stalled, vip_good) = (free_addr(), free_addr());
+    let mut config = DirectorConfig::new("d-test");
+    config.idle_timeout = Duration::from_millis(400);
+    let d = Director::new(config);
+    let mut snap = snapshot(
+        1,
+        vip_stalled,
+        &[("node-stalled", stalled_addr, NodeState::Active)],
+    );
+    snap.services.push(pb::Service {
+        name: "good".into(),
+        address: vip_good.to_string(),
+        table_size: 251,
+        hash: 0,
+        node_pool: "good".into(),
+    });
+    snap.nodes.push(pb::Node {
+        id: "node-good".into(),
+        address: good.to_string(),
+        weight: 1,
+        pool: "good".into(),
+        ..Default::default()
+    });
+    d.apply(&snap).expect("apply");
+
+    // The client talks, the node never answers: the flow is closed.
+    let mut c = TcpStream::connect(vip_stalled).await.expect("connect");
+    c.write_all(b"hello?").await.expect("write");
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5)).await,
+        "a flow to a stalled node was never timed out"
+    );
+
+    // Clients that reset at once, many of them, while another flow is served.
+    let (mut busy, _) = open(vip_good).await;
+    for _ in 0..50 {
+        let s = TcpStream::connect(vip_good).await.expect("connect");
+        s.set_zero_linger().expect("linger");
+        drop(s); // RST
+    }
+    busy.write_all(b"still fine\n").await.expect("write");
+    let mut buf = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), busy.read_exact(&mut buf))
+        .await
+        .expect("timely")
+        .expect("read");
+    assert_eq!(&buf, b"still fine\n");
+    let (_s, greeting) = open(vip_good).await;
+    assert_eq!(node_of(&greeting), "node-good");
+}
