@@ -1,57 +1,11 @@
 //! Imperative add/remove of routes, clusters, services and certificates,
 //! with the built `tandemctl` against an in-process control service.
 
+mod common;
+
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-struct Control {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), control::ControlError>>,
-}
-
-impl Control {
-    async fn start(data_dir: &Path) -> Result<Control, Box<dyn std::error::Error>> {
-        let state = control::State::open(data_dir)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(control::serve(listener, state, shutdown.clone()));
-        Ok(Control {
-            url,
-            shutdown,
-            task,
-        })
-    }
-
-    async fn stop(self) -> TestResult {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await???;
-        Ok(())
-    }
-}
-
-/// Runs tandemctl in `cwd` (so no stray config file is found) with `args`.
-async fn ctl(cwd: &Path, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandemctl"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("TANDEM_CONTROL")
-        .env_remove("TANDEM_TOKEN_FILE")
-        .output()
-        .await?;
-    Ok(out)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{Control, TestResult, ctl, text};
 
 async fn ok(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
     let out = ctl(cwd, args).await?;

@@ -2,75 +2,31 @@
 //! state export and import, against an in-process control over gRPC.
 
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
+mod common;
+
+use common::{Control, TestResult, ctl_env, text};
 use control::{Auth, Role, ServeOptions};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const SUB: &str = "subscriber-token-0123456789ab";
 
-struct Control {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), control::ControlError>>,
-}
-
-impl Control {
-    async fn start(data_dir: &Path) -> Result<Control, Box<dyn std::error::Error>> {
-        let state = control::State::open(data_dir)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let shutdown = CancellationToken::new();
-        let options = ServeOptions {
-            auth: Auth::disabled()
-                .with_token(Role::Admin, "ops", ADMIN)
-                .with_token(Role::Subscriber, "fleet", SUB),
-            ..ServeOptions::default()
-        };
-        let task = tokio::spawn(control::serve_with(
-            listener,
-            state,
-            options,
-            shutdown.clone(),
-        ));
-        Ok(Control {
-            url,
-            shutdown,
-            task,
-        })
-    }
-
-    async fn stop(self) -> TestResult {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await???;
-        Ok(())
-    }
+async fn start_control(data_dir: &Path) -> Result<Control, Box<dyn std::error::Error>> {
+    let options = ServeOptions {
+        auth: Auth::disabled()
+            .with_token(Role::Admin, "ops", ADMIN)
+            .with_token(Role::Subscriber, "fleet", SUB),
+        ..ServeOptions::default()
+    };
+    Control::start_with(data_dir, options).await
 }
 
 async fn ctl(
     cwd: &Path,
     envs: &[(&str, &str)],
     args: &[&str],
-) -> Result<Output, Box<dyn std::error::Error>> {
-    Ok(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_tandemctl"))
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("TANDEM_CONTROL")
-            .env_remove("TANDEM_TOKEN_FILE")
-            .envs(envs.iter().copied())
-            .output()
-            .await?,
-    )
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+) -> Result<std::process::Output, Box<dyn std::error::Error>> {
+    ctl_env(cwd, envs, args).await
 }
 
 const DOC: &str = r#"
@@ -114,7 +70,7 @@ default = true
 async fn credentials_apply_audit_export_import() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cwd = dir.path();
-    let control = Control::start(&cwd.join("data")).await?;
+    let control = start_control(&cwd.join("data")).await?;
     let c = control.url.as_str();
     let ck = rcgen::generate_simple_self_signed(vec!["example.com".to_string()])?;
     std::fs::write(cwd.join("site.pem"), ck.cert.pem())?;
