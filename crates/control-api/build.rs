@@ -4,6 +4,10 @@ use std::path::PathBuf;
 /// (`state = "DRAINING"`, `lb_policy = "round_robin"`) instead of a number.
 const ENUM_FIELDS: &[(&str, &str)] = &[
     (".tandem.control.v1.Service.hash", "hash_fields"),
+    (
+        ".tandem.control.v1.Service.xdp_forwarding",
+        "xdp_forwarding",
+    ),
     (".tandem.control.v1.Node.state", "node_state"),
     (".tandem.control.v1.Cluster.lb_policy", "lb_policy"),
     (

@@ -626,6 +626,12 @@ pub mod enums {
     );
     enum_field!(hash_on, crate::pb::HashOn, "HASH_ON_", false);
     enum_field!(
+        xdp_forwarding,
+        crate::pb::XdpForwarding,
+        "XDP_FORWARDING_",
+        false
+    );
+    enum_field!(
         upstream_proxy_protocol,
         crate::pb::UpstreamProxyProtocol,
         "UPSTREAM_PROXY_PROTOCOL_",
@@ -650,6 +656,7 @@ mod tests {
                 table_size: 65_537,
                 hash: pb::HashFields::SourceIp as i32,
                 node_pool: "default".into(),
+                xdp_forwarding: pb::XdpForwarding::Ipip as i32,
             }],
             nodes: vec![Node {
                 id: "node-1".into(),
@@ -658,6 +665,8 @@ mod tests {
                 weight: 100,
                 state: NodeState::Draining as i32,
                 pool: "default".into(),
+                mac: "02:00:00:00:00:01".into(),
+                tunnel_address: String::new(),
             }],
             clusters: vec![Cluster {
                 name: "app".into(),

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 
+use control_api::parse_mac;
 use control_api::pb::{
     Certificate, Cluster, HashFields, LbPolicy, Node, NodeState, Route, Service, Snapshot,
-    UpstreamProxyProtocol,
+    UpstreamProxyProtocol, XdpForwarding,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -222,11 +223,29 @@ impl Validator {
             );
         }
         self.name_field(format!("{p}.pool"), &n.pool);
+        if !n.mac.is_empty() && parse_mac(&n.mac).is_none() {
+            self.err(
+                format!("{p}.mac"),
+                format!("{:?} is not a MAC address (aa:bb:cc:dd:ee:ff)", n.mac),
+            );
+        }
+        if !n.tunnel_address.is_empty() && n.tunnel_address.parse::<std::net::IpAddr>().is_err() {
+            self.err(
+                format!("{p}.tunnel_address"),
+                format!("{:?} is not an IP address", n.tunnel_address),
+            );
+        }
     }
 
     fn service(&mut self, p: &str, s: &Service, pool_size: usize) {
         self.addr(format!("{p}.address"), &s.address);
         self.name_field(format!("{p}.node_pool"), &s.node_pool);
+        if XdpForwarding::try_from(s.xdp_forwarding).is_err() {
+            self.err(
+                format!("{p}.xdp_forwarding"),
+                format!("{} is not a known xdp forwarding", s.xdp_forwarding),
+            );
+        }
         if HashFields::try_from(s.hash).is_err() {
             self.err(
                 format!("{p}.hash"),

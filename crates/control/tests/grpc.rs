@@ -60,6 +60,7 @@ fn node(id: &str, addr: &str) -> Change {
         weight: 100,
         state: pb::NodeState::Active as i32,
         pool: "default".into(),
+        ..Default::default()
     }))
 }
 
@@ -91,6 +92,7 @@ fn service(name: &str) -> Change {
         table_size: 65_537,
         hash: pb::HashFields::FiveTuple as i32,
         node_pool: "default".into(),
+        ..Default::default()
     }))
 }
 

@@ -29,6 +29,7 @@ fn service() -> pb::Service {
         table_size: 65537,
         hash: 0,
         node_pool: "default".into(),
+        ..Default::default()
     }
 }
 

@@ -149,6 +149,7 @@ mod tests {
             weight,
             state: state as i32,
             pool: String::new(),
+            ..Default::default()
         }
     }
 
@@ -159,6 +160,7 @@ mod tests {
             table_size: 65537,
             hash: 0,
             node_pool: "default".into(),
+            ..Default::default()
         }
     }
 

@@ -481,6 +481,7 @@ async fn seed(
                 weight: 100,
                 state: pb::NodeState::Active as i32,
                 pool: "default".into(),
+                ..Default::default()
             })));
         }
     }
@@ -509,6 +510,7 @@ async fn seed(
             table_size: control_api::DEFAULT_TABLE_SIZE,
             hash: pb::HashFields::FiveTuple as i32,
             node_pool: "default".into(),
+            ..Default::default()
         }))),
     }
     if changes.is_empty() {

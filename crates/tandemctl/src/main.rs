@@ -807,6 +807,7 @@ impl Ctl {
                     weight,
                     state: NodeState::Active as i32,
                     pool,
+                    ..Default::default()
                 };
                 self.modify_node(&id.clone(), move |existing| match existing {
                     Some(_) => bail!("node {id:?} already exists"),
@@ -1036,6 +1037,7 @@ impl Ctl {
                         HashArg::SourceIp => pb::HashFields::SourceIp,
                     } as i32,
                     node_pool: pool,
+                    ..Default::default()
                 };
                 self.put_or_delete(
                     ResourceKind::Service,
