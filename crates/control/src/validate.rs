@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use control_api::parse_mac;
 use control_api::pb::{
-    Certificate, Cluster, HashFields, LbPolicy, Node, NodeState, Route, Service, Snapshot,
-    UpstreamProxyProtocol, XdpForwarding,
+    Certificate, Cluster, HashFields, HashOn, LbPolicy, Node, NodeState, Route, Service, Snapshot,
+    UpstreamProtocol, UpstreamProxyProtocol, XdpForwarding,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -293,6 +293,102 @@ impl Validator {
                 ),
             );
         }
+        if UpstreamProtocol::try_from(c.upstream_protocol).is_err() {
+            self.err(
+                format!("{p}.upstream_protocol"),
+                format!("{} is not a known upstream protocol", c.upstream_protocol),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            if !e.address.is_empty() && !seen.insert(e.address.as_str()) {
+                self.err(
+                    format!("{p}.endpoints[{i}].address"),
+                    format!("{:?} is listed twice", e.address),
+                );
+            }
+        }
+        if let Some(h) = &c.hash_policy {
+            match HashOn::try_from(h.on) {
+                Err(_) => self.err(
+                    format!("{p}.hash_policy.on"),
+                    format!("{} is not a known hash key", h.on),
+                ),
+                Ok(HashOn::Header | HashOn::Cookie) if h.name.is_empty() => self.err(
+                    format!("{p}.hash_policy.name"),
+                    "must name the header or cookie to hash".into(),
+                ),
+                Ok(HashOn::Header) => self.header_name(format!("{p}.hash_policy.name"), &h.name),
+                Ok(HashOn::Cookie) if !is_token(&h.name) => self.err(
+                    format!("{p}.hash_policy.name"),
+                    format!("{:?} is not a cookie name", h.name),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if let Some(hc) = &c.health_check {
+            let hp = format!("{p}.health_check");
+            if !hc.path.is_empty() {
+                if !hc.path.starts_with('/') {
+                    self.err(
+                        format!("{hp}.path"),
+                        format!("{:?} does not start with \"/\"", hc.path),
+                    );
+                } else if let Some(m) = check_path(&hc.path) {
+                    self.err(format!("{hp}.path"), m);
+                }
+            }
+            if hc.expect_status != 0 && !(100..=599).contains(&hc.expect_status) {
+                self.err(
+                    format!("{hp}.expect_status"),
+                    format!("{} is not an HTTP status", hc.expect_status),
+                );
+            }
+            if hc.interval_ms != 0 && hc.timeout_ms > hc.interval_ms {
+                self.err(
+                    format!("{hp}.timeout_ms"),
+                    format!(
+                        "{} is longer than the interval {}",
+                        hc.timeout_ms, hc.interval_ms
+                    ),
+                );
+            }
+            for (field, v) in [("rise", hc.rise), ("fall", hc.fall)] {
+                if v > 100 {
+                    self.err(format!("{hp}.{field}"), format!("{v} is more than 100"));
+                }
+            }
+        }
+        if let Some(o) = &c.outlier_detection
+            && o.max_ejection_percent > 100
+        {
+            self.err(
+                format!("{p}.outlier_detection.max_ejection_percent"),
+                format!("{} is more than 100", o.max_ejection_percent),
+            );
+        }
+        if let Some(r) = &c.retry {
+            if r.max_retries > 10 {
+                self.err(
+                    format!("{p}.retry.max_retries"),
+                    format!("{} is more than 10", r.max_retries),
+                );
+            }
+            if r.budget_percent > 100 {
+                self.err(
+                    format!("{p}.retry.budget_percent"),
+                    format!("{} is more than 100", r.budget_percent),
+                );
+            }
+            for (i, st) in r.retry_on_status.iter().enumerate() {
+                if !(100..=599).contains(st) {
+                    self.err(
+                        format!("{p}.retry.retry_on_status[{i}]"),
+                        format!("{st} is not an HTTP status"),
+                    );
+                }
+            }
+        }
     }
 
     fn route(&mut self, p: &str, r: &Route, clusters: &BTreeSet<&str>) {
@@ -318,11 +414,131 @@ impl Validator {
             );
         }
         if r.cluster.is_empty() {
-            self.err(format!("{p}.cluster"), "must not be empty".into());
+            if r.redirect.is_none() {
+                self.err(
+                    format!("{p}.cluster"),
+                    "must not be empty (unless the route redirects)".into(),
+                );
+            }
         } else if !clusters.contains(r.cluster.as_str()) {
             self.err(
                 format!("{p}.cluster"),
                 format!("no cluster named {:?}", r.cluster),
+            );
+        }
+        if let Some(m) = check_path(&r.path_prefix) {
+            self.err(format!("{p}.path_prefix"), m);
+        }
+        if !r.path_exact.is_empty() {
+            if !r.path_exact.starts_with('/') {
+                self.err(
+                    format!("{p}.path_exact"),
+                    format!("{:?} does not start with \"/\"", r.path_exact),
+                );
+            } else if let Some(m) = check_path(&r.path_exact) {
+                self.err(format!("{p}.path_exact"), m);
+            }
+        }
+        for (i, h) in r.headers.iter().enumerate() {
+            self.header_name(format!("{p}.headers[{i}].name"), &h.name);
+            self.header_value(format!("{p}.headers[{i}].exact"), &h.exact);
+        }
+        for (i, m) in r.methods.iter().enumerate() {
+            if !is_token(m) {
+                self.err(
+                    format!("{p}.methods[{i}]"),
+                    format!("{m:?} is not an HTTP method token"),
+                );
+            } else if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                self.err(
+                    format!("{p}.methods[{i}]"),
+                    format!(
+                        "{m:?}: methods are case-sensitive; did you mean {:?}?",
+                        m.to_ascii_uppercase()
+                    ),
+                );
+            }
+        }
+        for (list, adds) in [
+            ("request_headers_add", &r.request_headers_add),
+            ("response_headers_add", &r.response_headers_add),
+        ] {
+            for (i, h) in adds.iter().enumerate() {
+                let path = format!("{p}.{list}[{i}]");
+                self.header_name(format!("{path}.name"), &h.name);
+                self.header_value(format!("{path}.value"), &h.value);
+                if is_framing_header(&h.name) {
+                    self.err(
+                        format!("{path}.name"),
+                        format!(
+                            "{:?} is a hop-by-hop or framing header; the proxy sets it itself",
+                            h.name
+                        ),
+                    );
+                }
+            }
+        }
+        for (list, names) in [
+            ("request_headers_remove", &r.request_headers_remove),
+            ("response_headers_remove", &r.response_headers_remove),
+        ] {
+            for (i, n) in names.iter().enumerate() {
+                self.header_name(format!("{p}.{list}[{i}]"), n);
+            }
+        }
+        if let Some(rd) = &r.redirect {
+            let rp = format!("{p}.redirect");
+            if !matches!(rd.scheme.as_str(), "" | "http" | "https") {
+                self.err(
+                    format!("{rp}.scheme"),
+                    format!("{:?}: expected \"http\", \"https\" or \"\"", rd.scheme),
+                );
+            }
+            if !rd.host.is_empty()
+                && !is_dns_name(&rd.host)
+                && rd.host.parse::<std::net::IpAddr>().is_err()
+            {
+                self.err(
+                    format!("{rp}.host"),
+                    format!("{:?} is not a DNS name or an IP address", rd.host),
+                );
+            }
+            if rd.port > u32::from(u16::MAX) {
+                self.err(format!("{rp}.port"), format!("{} is not a port", rd.port));
+            }
+            for (field, v) in [("path", &rd.path), ("prefix_rewrite", &rd.prefix_rewrite)] {
+                if v.is_empty() {
+                    continue;
+                }
+                if !v.starts_with('/') {
+                    self.err(
+                        format!("{rp}.{field}"),
+                        format!("{v:?} does not start with \"/\""),
+                    );
+                } else if let Some(m) = check_path(v) {
+                    self.err(format!("{rp}.{field}"), m);
+                }
+            }
+            if !matches!(rd.status, 0 | 301 | 302 | 303 | 307 | 308) {
+                self.err(
+                    format!("{rp}.status"),
+                    format!("{}: a redirect is 301, 302, 303, 307 or 308", rd.status),
+                );
+            }
+        }
+    }
+
+    fn header_name(&mut self, path: String, name: &str) {
+        if !is_token(name) {
+            self.err(path, format!("{name:?} is not an HTTP header name"));
+        }
+    }
+
+    fn header_value(&mut self, path: String, value: &str) {
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            self.err(
+                path,
+                "contains a control character (CR, LF, NUL, ...)".into(),
             );
         }
     }
@@ -339,7 +555,7 @@ impl Validator {
                 }
             }
         }
-        match bad {
+        match &bad {
             Some(e) => self.err(
                 format!("{p}.cert_chain_pem"),
                 format!("not a PEM certificate chain: {e}"),
@@ -350,12 +566,18 @@ impl Validator {
             ),
             None => {}
         }
-        if let Err(e) = PrivateKeyDer::from_pem_slice(c.private_key_pem.as_bytes()) {
+        match PrivateKeyDer::from_pem_slice(c.private_key_pem.as_bytes()) {
             // Never echo the key itself.
-            self.err(
+            Err(e) => self.err(
                 format!("{p}.private_key_pem"),
                 format!("not a PEM private key: {e}"),
-            );
+            ),
+            Ok(key) if bad.is_none() && count > 0 => {
+                if let Err(m) = key_matches_chain(&c.cert_chain_pem, &key) {
+                    self.err(format!("{p}.private_key_pem"), m);
+                }
+            }
+            Ok(_) => {}
         }
         if c.sni_names.is_empty() && !c.default {
             self.err(
@@ -376,6 +598,60 @@ impl Validator {
             }
         }
     }
+}
+
+/// Whether the private key belongs to the chain's first (leaf) certificate,
+/// and is of a type the nodes can sign with.
+fn key_matches_chain(chain_pem: &str, key: &PrivateKeyDer<'_>) -> Result<(), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(key).map_err(|e| {
+        format!("not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519): {e}")
+    })?;
+    rustls::sign::CertifiedKey::new(chain, signing)
+        .keys_match()
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "does not match the public key of the chain's first certificate".to_string()
+            }
+            other => format!("cannot be checked against the certificate: {other}"),
+        })
+}
+
+/// A path: no whitespace, control characters, '?' or '#'.
+fn check_path(path: &str) -> Option<String> {
+    path.bytes()
+        .find(|&b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+        .map(|b| {
+            format!(
+                "{path:?} contains {:?}; a path has no spaces, control characters, '?' or '#'",
+                b as char
+            )
+        })
+}
+
+/// An HTTP token (RFC 9110 `tchar`s): header names, methods, cookie names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Headers the proxy owns: connection management and message framing.
+fn is_framing_header(name: &str) -> bool {
+    const OWNED: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "host",
+    ];
+    OWNED.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// A resource name: non-empty, at most 253 characters of `[A-Za-z0-9._-]`.
@@ -704,6 +980,169 @@ mod tests {
             m.iter()
                 .any(|m| m.starts_with(r#"certificates["c"].sni_names[1]: "bad name""#)),
             "{m:?}"
+        );
+
+        // A well-formed key that belongs to another certificate.
+        let mut swapped = cert("d", false);
+        swapped.private_key_pem = cert("e", false).private_key_pem;
+        let s = Snapshot {
+            certificates: vec![swapped],
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&s),
+            vec![
+                r#"certificates["d"].private_key_pem: does not match the public key of the chain's first certificate"#
+            ]
+        );
+    }
+
+    #[test]
+    fn route_details() {
+        use control_api::pb::{HeaderMatch, HeaderValue, Redirect};
+        let cluster = Cluster {
+            name: "app".into(),
+            ..Default::default()
+        };
+        let snap = |r: Route| Snapshot {
+            clusters: vec![cluster.clone()],
+            routes: vec![Route {
+                name: "r".into(),
+                ..r
+            }],
+            ..Default::default()
+        };
+        // A redirect needs no cluster.
+        let to_https = Route {
+            redirect: Some(Redirect {
+                scheme: "https".into(),
+                status: 308,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(messages(&snap(to_https)), Vec::<String>::new());
+        assert_eq!(
+            messages(&snap(Route::default())),
+            vec![r#"routes["r"].cluster: must not be empty (unless the route redirects)"#]
+        );
+        let good = Route {
+            cluster: "app".into(),
+            path_exact: "/health".into(),
+            headers: vec![HeaderMatch {
+                name: "x-canary".into(),
+                exact: "yes".into(),
+                invert: false,
+            }],
+            methods: vec!["GET".into(), "POST".into()],
+            request_headers_add: vec![HeaderValue {
+                name: "x-env".into(),
+                value: "prod".into(),
+            }],
+            response_headers_remove: vec!["server".into()],
+            ..Default::default()
+        };
+        assert_eq!(messages(&snap(good.clone())), Vec::<String>::new());
+        let bad = Route {
+            path_exact: "/a b".into(),
+            headers: vec![HeaderMatch {
+                name: "bad name".into(),
+                exact: "x\r\ny".into(),
+                invert: false,
+            }],
+            methods: vec!["get".into()],
+            request_headers_add: vec![HeaderValue {
+                name: "Transfer-Encoding".into(),
+                value: "chunked".into(),
+            }],
+            redirect: Some(Redirect {
+                scheme: "ftp".into(),
+                status: 200,
+                path: "x".into(),
+                ..Default::default()
+            }),
+            ..good
+        };
+        assert_eq!(
+            messages(&snap(bad)),
+            vec![
+                r#"routes["r"].path_exact: "/a b" contains ' '; a path has no spaces, control characters, '?' or '#'"#,
+                r#"routes["r"].headers[0].name: "bad name" is not an HTTP header name"#,
+                r#"routes["r"].headers[0].exact: contains a control character (CR, LF, NUL, ...)"#,
+                r#"routes["r"].methods[0]: "get": methods are case-sensitive; did you mean "GET"?"#,
+                r#"routes["r"].request_headers_add[0].name: "Transfer-Encoding" is a hop-by-hop or framing header; the proxy sets it itself"#,
+                r#"routes["r"].redirect.scheme: "ftp": expected "http", "https" or """#,
+                r#"routes["r"].redirect.path: "x" does not start with "/""#,
+                r#"routes["r"].redirect.status: 200: a redirect is 301, 302, 303, 307 or 308"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_details() {
+        use control_api::pb::{HashPolicy, HealthCheck, OutlierDetection, RetryPolicy};
+        let ep = |a: &str| Endpoint {
+            address: a.into(),
+            weight: 1,
+        };
+        let s = Snapshot {
+            clusters: vec![Cluster {
+                name: "app".into(),
+                endpoints: vec![ep("127.0.0.1:80"), ep("127.0.0.1:80")],
+                lb_policy: LbPolicy::ConsistentHash as i32,
+                hash_policy: Some(HashPolicy {
+                    on: HashOn::Header as i32,
+                    name: String::new(),
+                }),
+                health_check: Some(HealthCheck {
+                    path: "health".into(),
+                    expect_status: 999,
+                    interval_ms: 1000,
+                    timeout_ms: 2000,
+                    ..Default::default()
+                }),
+                outlier_detection: Some(OutlierDetection {
+                    max_ejection_percent: 150,
+                    ..Default::default()
+                }),
+                retry: Some(RetryPolicy {
+                    max_retries: 2,
+                    retry_on_status: vec![503, 42],
+                    budget_percent: 20,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&s),
+            vec![
+                r#"clusters["app"].endpoints[1].address: "127.0.0.1:80" is listed twice"#,
+                r#"clusters["app"].hash_policy.name: must name the header or cookie to hash"#,
+                r#"clusters["app"].health_check.path: "health" does not start with "/""#,
+                r#"clusters["app"].health_check.expect_status: 999 is not an HTTP status"#,
+                r#"clusters["app"].health_check.timeout_ms: 2000 is longer than the interval 1000"#,
+                r#"clusters["app"].outlier_detection.max_ejection_percent: 150 is more than 100"#,
+                r#"clusters["app"].retry.retry_on_status[1]: 42 is not an HTTP status"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn xdp_fields() {
+        let mut n = node("node-1", "10.0.0.1:443");
+        n.mac = "02:00:00:00:00".into();
+        n.tunnel_address = "10.0.0.1:443".into();
+        let s = Snapshot {
+            nodes: vec![n],
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&s),
+            vec![
+                r#"nodes["node-1"].mac: "02:00:00:00:00" is not a MAC address (aa:bb:cc:dd:ee:ff)"#,
+                r#"nodes["node-1"].tunnel_address: "10.0.0.1:443" is not an IP address"#,
+            ]
         );
     }
 }
