@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod gate;
+pub mod l2lab;
 pub mod load;
 pub mod netns;
 pub mod pki;
