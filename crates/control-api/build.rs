@@ -48,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".tandem.control.v1.Snapshot.certificates",
             "#[serde(skip_serializing_if = \"Vec::is_empty\")]",
         );
-    for field in ["cert_chain_pem", "private_key_pem"] {
+    for field in [
+        "cert_chain_pem",
+        "private_key_pem",
+        "private_key_fingerprint",
+    ] {
         builder = builder.field_attribute(
             format!(".tandem.control.v1.Certificate.{field}"),
             "#[serde(skip_serializing_if = \"String::is_empty\")]",

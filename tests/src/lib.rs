@@ -7,6 +7,7 @@ pub mod l2lab;
 pub mod load;
 pub mod netns;
 pub mod pki;
+pub mod xdplab;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

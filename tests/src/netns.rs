@@ -107,8 +107,8 @@ impl Lab {
     /// route: it reaches only the lab.
     pub fn add_host(&self, name: &str, addr: Ipv4Addr) -> Result<Host> {
         ensure!(
-            addr.octets()[0] == 10 && addr.octets()[1] == 200,
-            "lab addresses are in 10.200.0.0/16"
+            addr.octets()[0] == 10 && (200..=202).contains(&addr.octets()[1]),
+            "lab addresses are in 10.200.0.0/16 .. 10.202.0.0/16"
         );
         let netns = format!("{}-{name}", self.prefix);
         self.add_netns(&netns)?;

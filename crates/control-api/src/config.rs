@@ -694,6 +694,7 @@ mod tests {
                 private_key_pem: "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n"
                     .into(),
                 default: true,
+                private_key_fingerprint: String::new(),
             }],
             tls: Some(TlsSettings {
                 ticket_keys: vec![TicketKey {

@@ -13,6 +13,7 @@ pub mod pb {
 
 pub mod auth;
 pub mod config;
+pub mod tls;
 pub mod watch;
 
 pub use pb::{

@@ -23,7 +23,8 @@ use crate::pb::{self, Snapshot, Tier, WatchRequest, watch_client::WatchClient, w
 /// Who is subscribing, and to which control service.
 #[derive(Clone, Debug)]
 pub struct Subscription {
-    /// Control service URL, e.g. `http://127.0.0.1:9400`.
+    /// Control service URL, e.g. `http://127.0.0.1:9400` (`https://` for
+    /// TLS, with [`WatchOptions::tls`]).
     pub endpoint: String,
     /// The subscriber's stable id (a node id or a director id).
     pub id: String,
@@ -51,12 +52,10 @@ impl WatchState {
 /// Errors of one watch session; all are retried by [`run`].
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot connect to control at {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("cannot connect to control at {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::ClientTlsError),
     #[error("watch stream refused: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("watch stream ended by control")]
@@ -104,6 +103,9 @@ pub struct WatchOptions {
     /// Further control endpoints, tried in turn after
     /// [`Subscription::endpoint`] when a session fails.
     pub fallback_endpoints: Vec<String>,
+    /// TLS for `https://` endpoints: the CA to trust and, for mTLS, the
+    /// client certificate and key.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl WatchOptions {
@@ -129,6 +131,7 @@ pub async fn run_with_options<F>(
         token,
         mut reports,
         fallback_endpoints,
+        tls,
     } = options;
     let interceptor = match BearerInterceptor::optional(token.as_deref()) {
         Ok(i) => i,
@@ -150,7 +153,10 @@ pub async fn run_with_options<F>(
         let e = session(
             &sub,
             endpoint,
-            interceptor.clone(),
+            Credentials {
+                interceptor: interceptor.clone(),
+                tls: tls.as_ref(),
+            },
             &state,
             reports.as_mut(),
             &mut last_applied,
@@ -164,7 +170,13 @@ pub async fn run_with_options<F>(
         } else {
             next_endpoint += 1;
         }
+        // Control may say how long to wait (reconnect rate limit).
+        let mut wait_at_least = Duration::ZERO;
         match &e {
+            WatchError::Rpc(s) if s.code() == tonic::Code::ResourceExhausted => {
+                wait_at_least = retry_after(s).unwrap_or(BACKOFF_MAX);
+                tracing::warn!(error = %e, id = %sub.id, endpoint, wait_ms = wait_at_least.as_millis() as u64, "control asks to reconnect later; keeping last config");
+            }
             WatchError::Rpc(s)
                 if matches!(
                     s.code(),
@@ -178,31 +190,58 @@ pub async fn run_with_options<F>(
             }
         }
         let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        tokio::time::sleep(backoff.mul_f64(jitter).max(wait_at_least)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-/// Whether two snapshots hold the same config (versions aside).
+/// The wait a `RESOURCE_EXHAUSTED` refusal asks for (`retry-after-ms`),
+/// capped at a minute.
+pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(60_000)))
+}
+
+/// Whether two snapshots hold the same config (versions aside). The
+/// destructuring names every field, so a new one cannot be forgotten; no
+/// copies are made (a subscriber compares every snapshot it receives).
 fn same_config(a: &Snapshot, b: &Snapshot) -> bool {
-    a.services == b.services
-        && a.nodes == b.nodes
-        && a.clusters == b.clusters
-        && a.routes == b.routes
-        && a.certificates == b.certificates
-        && Snapshot {
-            version: 0,
-            ..a.clone()
-        } == Snapshot {
-            version: 0,
-            ..b.clone()
-        }
+    let Snapshot {
+        version: _,
+        services,
+        nodes,
+        clusters,
+        routes,
+        certificates,
+        tls,
+        listener,
+    } = a;
+    *services == b.services
+        && *nodes == b.nodes
+        && *clusters == b.clusters
+        && *routes == b.routes
+        && *certificates == b.certificates
+        && *tls == b.tls
+        && *listener == b.listener
+}
+
+/// What a session presents to control.
+struct Credentials<'a> {
+    interceptor: BearerInterceptor,
+    tls: Option<&'a crate::tls::ClientTls>,
 }
 
 async fn session<F>(
     sub: &Subscription,
     endpoint: &str,
-    interceptor: BearerInterceptor,
+    creds: Credentials<'_>,
     state: &WatchState,
     mut reports: Option<&mut tokio::sync::watch::Receiver<pb::HealthReport>>,
     last_applied: &mut Option<Snapshot>,
@@ -211,25 +250,20 @@ async fn session<F>(
 where
     F: FnMut(&Snapshot) -> Result<(), String> + Send,
 {
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint.to_string()) {
+    let Credentials { interceptor, tls } = creds;
+    let channel = match crate::tls::endpoint(endpoint, tls) {
         Ok(e) => e
-            .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
-        Err(source) => {
-            return WatchError::Connect {
-                endpoint: endpoint.to_string(),
-                source,
-            };
-        }
+        Err(e) => return WatchError::Tls(e),
     };
     let mut client = match channel.connect().await {
         Ok(c) => WatchClient::with_interceptor(c, interceptor).max_decoding_message_size(64 << 20),
-        Err(source) => {
+        Err(e) => {
             return WatchError::Connect {
                 endpoint: endpoint.to_string(),
-                source,
+                message: crate::tls::error_chain(&e),
             };
         }
     };

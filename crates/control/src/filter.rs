@@ -27,10 +27,16 @@ pub fn for_subscriber(s: &Snapshot, tier: Tier) -> Snapshot {
     }
 }
 
-/// `s` without secrets: no private keys, no ticket key secrets.
+/// `s` without secrets: no private keys (each replaced by its
+/// fingerprint), no ticket key secrets.
 pub fn redact_keys(s: &Snapshot) -> Snapshot {
     let mut s = s.clone();
     for c in &mut s.certificates {
+        c.private_key_fingerprint = if c.private_key_pem.is_empty() {
+            String::new()
+        } else {
+            control_api::config::key_fingerprint(&c.private_key_pem)
+        };
         c.private_key_pem.clear();
     }
     if let Some(tls) = &mut s.tls {
@@ -68,5 +74,9 @@ mod tests {
         assert_eq!(n.nodes.len(), 1);
         let o = for_subscriber(&s, Tier::Unspecified);
         assert_eq!(o.certificates[0].private_key_pem, "");
+        assert_eq!(
+            o.certificates[0].private_key_fingerprint,
+            control_api::config::key_fingerprint("KEY")
+        );
     }
 }

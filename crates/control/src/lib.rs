@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod store_etcd;
 pub mod tickets;
 pub mod validate;
 
@@ -32,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{Auth, AuthError, Principal, Role};
 pub use state::{ApplyError, State};
-pub use store::{MemoryStore, RedbStore, Store, StoreError};
+pub use store::{EtcdConfig, MemoryStore, RedbStore, Store, StoreConfig, StoreError, StoreEvent};
+pub use store_etcd::EtcdStore;
 pub use validate::{FieldError, ValidationError};
 
 /// Where the control service listens and keeps its state.
@@ -44,11 +46,18 @@ pub struct ControlConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Directory of the durable state (`control.redb`).
     pub data_dir: PathBuf,
+    /// Which store holds the state: redb in `data_dir` (default) or etcd.
+    pub store: StoreConfig,
     /// Tokens of the admin role (see [`auth`] for the file format). With
     /// neither token file, authentication is off (a warning is logged).
     pub admin_token_file: Option<PathBuf>,
     /// Tokens of the subscriber role (directors, nodes).
     pub subscriber_token_file: Option<PathBuf>,
+    /// TLS on the gRPC port, and the client CA that turns on mTLS.
+    pub tls: Option<TlsFiles>,
+    /// With a client CA and token files: require a client certificate *and*
+    /// a token (otherwise either is enough).
+    pub require_client_cert_and_token: bool,
     /// Keepalive, connection age and other server settings.
     pub serve: ServeOptions,
     /// Make and rotate the nodes' TLS session ticket keys at this interval
@@ -63,11 +72,61 @@ impl Default for ControlConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9400)),
             admin_listen: None,
             data_dir: PathBuf::from("data"),
+            store: StoreConfig::default(),
             admin_token_file: None,
             subscriber_token_file: None,
+            tls: None,
+            require_client_cert_and_token: false,
             serve: ServeOptions::default(),
             ticket_key_rotation: None,
         }
+    }
+}
+
+/// PEM files of the control port's TLS: `--tls-cert`, `--tls-key`,
+/// `--client-ca`.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Server certificate chain (leaf first).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA of the client certificates (mTLS); see [`auth`] for the identities.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files.
+    pub fn load(&self) -> Result<ServerTls, ControlError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ControlError::TlsFile {
+                path: p.clone(),
+                source,
+            })
+        };
+        Ok(ServerTls {
+            cert_pem: read(&self.cert)?,
+            key_pem: read(&self.key)?,
+            client_ca_pem: self.client_ca.as_ref().map(read).transpose()?,
+        })
+    }
+}
+
+/// The control port's TLS, in PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// With it, client certificates signed by this CA are verified and give
+    /// the caller's identity (mTLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ServerTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish()
     }
 }
 
@@ -76,6 +135,13 @@ impl Default for ControlConfig {
 pub struct ServeOptions {
     /// Who may call what. Default: authentication off.
     pub auth: Auth,
+    /// TLS (and with a client CA, mTLS). Default: plain HTTP/2. With a
+    /// client CA, `auth` should accept certificates
+    /// ([`Auth::with_client_certificates`]); [`serve_with`] makes it so.
+    pub tls: Option<ServerTls>,
+    /// Watch (re)connects per subscriber id: burst, then per second.
+    pub reconnect_burst: u32,
+    pub reconnect_per_second: f64,
     /// HTTP/2 PING interval on idle connections, and how long to wait for
     /// the answer before closing: dead subscribers are noticed.
     pub keepalive_interval: Duration,
@@ -91,6 +157,9 @@ impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             auth: Auth::disabled(),
+            tls: None,
+            reconnect_burst: service::RECONNECT_BURST,
+            reconnect_per_second: service::RECONNECT_PER_SECOND,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Some(Duration::from_secs(30 * 60)),
@@ -120,6 +189,14 @@ pub enum ControlError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("reading TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration of the control port: {0}")]
+    Tls(String),
 }
 
 /// Opens the state in `config.data_dir`, binds, and serves the gRPC API and
@@ -137,7 +214,17 @@ pub async fn run(config: ControlConfig, shutdown: CancellationToken) -> Result<(
             );
         }
     }
-    let state = State::open(&config.data_dir)?;
+    if let Some(files) = &config.tls {
+        options.tls = Some(files.load()?);
+        if files.client_ca.is_some() {
+            options.auth = options
+                .auth
+                .with_client_certificates(config.require_client_cert_and_token);
+        }
+    }
+    let Some(state) = open_state(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ControlError::Bind {
@@ -161,7 +248,7 @@ pub async fn run(config: ControlConfig, shutdown: CancellationToken) -> Result<(
     tracing::info!(
         listen = %config.listen,
         admin = ?config.admin_listen,
-        data_dir = %config.data_dir.display(),
+        store = %state.store_description(),
         version = state.version(),
         "control service starting"
     );
@@ -179,6 +266,44 @@ pub async fn run(config: ControlConfig, shutdown: CancellationToken) -> Result<(
         let _ = task.await;
     }
     result
+}
+
+/// Opens the configured store and loads the state. etcd unreachable at start
+/// is retried with backoff (logged) until it answers or `shutdown`
+/// (`Ok(None)`): serving an empty state instead would wipe every subscriber.
+async fn open_state(
+    config: &ControlConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<State>>, ControlError> {
+    let etcd = match &config.store {
+        StoreConfig::Redb => return Ok(Some(State::open(&config.data_dir)?)),
+        StoreConfig::Etcd(etcd) => etcd.clone(),
+    };
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&etcd)?);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let s = store.clone();
+        let opened = tokio::task::spawn_blocking(move || State::with_store(s))
+            .await
+            .map_err(|e| {
+                ControlError::Store(StoreError::Backend {
+                    backend: store.describe(),
+                    reason: format!("loading task failed: {e}"),
+                })
+            })?;
+        match opened {
+            Ok(state) => return Ok(Some(state)),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot load the state yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Serves the gRPC API (Admin, Watch, `grpc.health.v1`, reflection v1) on an
@@ -200,8 +325,27 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) -> Result<(), ControlError> {
     use control_api::pb::admin_server::AdminServer;
+    let mut options = options;
+    let tls_config = match &options.tls {
+        Some(tls) => {
+            let mut c = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            );
+            if let Some(ca) = &tls.client_ca_pem {
+                // A client CA always makes certificates credentials.
+                if !options.auth.accepts_client_certificates() {
+                    options.auth = options.auth.clone().with_client_certificates(false);
+                }
+                c = c
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                    .client_auth_optional(!options.auth.client_certificate_required());
+            }
+            Some(c)
+        }
+        None => None,
+    };
     if options.auth.enabled() {
-        tracing::info!(auth = ?options.auth, "control requires bearer tokens");
+        tracing::info!(auth = ?options.auth, tls = options.tls.is_some(), "control requires credentials");
     } else {
         tracing::warn!(
             "control authentication is OFF: anyone who reaches the port may change the state (give --admin-token-file and --subscriber-token-file)"
@@ -237,12 +381,15 @@ pub async fn serve_with(
     let sessions = tokio_util::task::TaskTracker::new();
     // Ends the watch streams: on shutdown, or when the server fails.
     let streams_stop = shutdown.child_token();
-    let watch = WatchServer::new(service::WatchService::with_auth(
-        state.clone(),
-        streams_stop.clone(),
-        sessions.clone(),
-        auth,
-    ))
+    let watch = WatchServer::new(
+        service::WatchService::with_auth(
+            state.clone(),
+            streams_stop.clone(),
+            sessions.clone(),
+            auth,
+        )
+        .with_reconnect_limit(options.reconnect_burst, options.reconnect_per_second),
+    )
     .max_decoding_message_size(service::MAX_WATCH_REQUEST)
     .max_encoding_message_size(service::MAX_MESSAGE);
 
@@ -256,6 +403,14 @@ pub async fn serve_with(
             .max_connection_age(age)
             .max_connection_age_grace(options.max_connection_age_grace);
     }
+    if let Some(tls) = tls_config {
+        // tonic builds its rustls config with the process default provider:
+        // make that aws-lc-rs (an error means one is installed already).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ControlError::Tls(root_cause(&e)))?;
+    }
     let mut router = builder
         .add_service(health_service)
         .add_service(admin)
@@ -268,7 +423,10 @@ pub async fn serve_with(
     tracing::info!(listen = ?local, "control gRPC serving");
     let result = router
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // The builder's tcp_nodelay only reaches listeners tonic binds
+            // itself; without it here a response's trailers wait for the
+            // peer's delayed ACK (40 ms per Status or Apply answer).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled(),
         )
         .await;
@@ -279,4 +437,16 @@ pub async fn serve_with(
     sessions.wait().await;
     tracing::info!("control gRPC stopped");
     result.map_err(ControlError::from)
+}
+
+/// The innermost message of an error chain (tonic's TLS errors wrap the one
+/// that says what is wrong, e.g. a key that does not parse).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
 }

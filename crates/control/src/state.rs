@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::auth::Principal;
 use crate::changes::{ChangeError, apply_changes, describe};
 use crate::metrics::{ApplyResult, Metrics};
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{RedbStore, Store, StoreError, StoreEvent};
 use crate::validate::{ValidationError, validate};
 
 /// Why an Apply was refused. Nothing was changed.
@@ -28,6 +28,12 @@ pub enum ApplyError {
     Change(#[from] ChangeError),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// Another control instance committed a change on the same base first
+    /// (shared store). Nothing was changed.
+    #[error(
+        "state changed concurrently: version {current} was committed by another control instance while this change was based on version {base}; read the state again and retry"
+    )]
+    Concurrent { base: u64, current: u64 },
     #[error("saving the state: {0}")]
     Store(#[from] StoreError),
     #[error("apply task failed: {0}")]
@@ -41,7 +47,12 @@ impl From<ApplyError> for tonic::Status {
             ApplyError::Empty | ApplyError::Invalid(_) => tonic::Status::invalid_argument(msg),
             ApplyError::Change(ChangeError::NotFound { .. }) => tonic::Status::not_found(msg),
             ApplyError::Change(_) => tonic::Status::invalid_argument(msg),
-            ApplyError::Aborted { .. } => tonic::Status::aborted(msg),
+            ApplyError::Aborted { .. } | ApplyError::Concurrent { .. } => {
+                tonic::Status::aborted(msg)
+            }
+            ApplyError::Store(StoreError::Backend { .. }) => {
+                tonic::Status::failed_precondition(msg)
+            }
             ApplyError::Store(_) => tonic::Status::unavailable(msg),
             ApplyError::Task(_) => tonic::Status::internal(msg),
         }
@@ -81,6 +92,8 @@ impl Subscribers {
 /// The control service's state. Shared as `Arc<State>`.
 pub struct State {
     store: Arc<dyn Store>,
+    /// The store is shared with other control instances (it has a watch).
+    shared_store: std::sync::atomic::AtomicBool,
     current: watch::Sender<Arc<Snapshot>>,
     apply_lock: tokio::sync::Mutex<()>,
     subscribers: std::sync::Mutex<Subscribers>,
@@ -96,6 +109,10 @@ impl std::fmt::Debug for State {
             .finish_non_exhaustive()
     }
 }
+
+/// Times a change without a base version is applied again after another
+/// instance committed first, before it is refused with `ABORTED`.
+const MAX_CONFLICT_RETRIES: u32 = 5;
 
 fn now_unix_ms() -> u64 {
     SystemTime::now()
@@ -137,15 +154,92 @@ impl State {
         metrics.register(&mut registry);
         metrics.set_version(snapshot.version);
         let (current, _) = watch::channel(Arc::new(snapshot));
-        Ok(Arc::new(State {
+        let state = Arc::new(State {
             store,
+            shared_store: std::sync::atomic::AtomicBool::new(false),
             current,
             apply_lock: tokio::sync::Mutex::new(()),
             subscribers: std::sync::Mutex::new(Subscribers::default()),
             metrics,
             registry: Arc::new(registry),
             readiness: Readiness::default(),
-        }))
+        });
+        state.follow_store();
+        Ok(state)
+    }
+
+    /// With a store shared by several control instances: adopts every newer
+    /// snapshot another instance commits, so this instance's subscribers get
+    /// it too. The task ends when the state (and so the store) is dropped.
+    fn follow_store(self: &Arc<Self>) {
+        let Some(mut events) = self.store.watch() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                store = %self.store.describe(),
+                "no async runtime: changes made through other control instances will not be seen"
+            );
+            return;
+        };
+        self.shared_store
+            .store(true, std::sync::atomic::Ordering::Release);
+        runtime.spawn(publish_subscribers(Arc::downgrade(self)));
+        let state = Arc::downgrade(self);
+        runtime.spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(state) = state.upgrade() else { break };
+                match event {
+                    StoreEvent::Snapshot(snapshot) => {
+                        let _guard = state.apply_lock.lock().await;
+                        state.adopt(snapshot);
+                    }
+                    StoreEvent::Error(reason) => {
+                        state.metrics.store_error("watch");
+                        tracing::debug!(%reason, "state store watch failed; retrying");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Publishes `snapshot`, read from the store, if it is newer than the
+    /// current one (another instance committed it). Call with the apply
+    /// lock held. Returns whether it was newer.
+    fn adopt(&self, snapshot: Snapshot) -> bool {
+        let current = self.version();
+        if snapshot.version <= current {
+            return false;
+        }
+        let version = snapshot.version;
+        self.current.send_replace(Arc::new(snapshot));
+        self.metrics.set_version(version);
+        self.metrics.state_reloaded();
+        tracing::info!(
+            version,
+            previous = current,
+            "loaded state committed by another control instance"
+        );
+        true
+    }
+
+    /// Reads the stored snapshot and adopts it if newer (after a conflict).
+    async fn reload(&self) -> Result<(), ApplyError> {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| ApplyError::Task(e.to_string()))?;
+        match loaded {
+            Ok(Some(snapshot)) => {
+                self.adopt(snapshot);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.metrics.store_error("load");
+                Err(e.into())
+            }
+        }
     }
 
     /// The current snapshot (its `version` field is the current version).
@@ -161,6 +255,11 @@ impl State {
     /// A receiver that sees every new snapshot (bursts coalesce).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.current.subscribe()
+    }
+
+    /// The control service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The metrics registry (for the admin endpoint).
@@ -204,7 +303,9 @@ impl State {
                 .await;
             this.metrics.apply(match &result {
                 Ok(_) => ApplyResult::Ok,
-                Err(ApplyError::Aborted { .. }) => ApplyResult::Aborted,
+                Err(ApplyError::Aborted { .. } | ApplyError::Concurrent { .. }) => {
+                    ApplyResult::Aborted
+                }
                 Err(ApplyError::Store(_) | ApplyError::Task(_)) => ApplyResult::Error,
                 Err(_) => ApplyResult::Invalid,
             });
@@ -229,41 +330,84 @@ impl State {
             return Err(ApplyError::Empty);
         }
         let _guard = self.apply_lock.lock().await;
-        let base = self.snapshot();
-        if expected_version != 0 && expected_version != base.version {
-            return Err(ApplyError::Aborted {
-                current: base.version,
-                expected: expected_version,
-            });
-        }
-        let mut next = apply_changes(&base, changes)?;
-        validate(&next)?;
-        next.version = base.version + 1;
-        let record = AuditRecord {
-            version: next.version,
-            unix_ms: now_unix_ms(),
-            who: who.name.clone(),
-            role: who.role_name().to_string(),
-            changes: changes.iter().map(describe).collect(),
-            peer: peer.unwrap_or_default(),
-        };
-        let store = self.store.clone();
-        let next = tokio::task::spawn_blocking(move || store.commit(&next, &record).map(|()| next))
+        let mut attempt = 1;
+        loop {
+            let base = self.snapshot();
+            if expected_version != 0 && expected_version != base.version {
+                return Err(ApplyError::Aborted {
+                    current: base.version,
+                    expected: expected_version,
+                });
+            }
+            let mut next = apply_changes(&base, changes)?;
+            validate(&next)?;
+            next.version = base.version + 1;
+            let record = AuditRecord {
+                version: next.version,
+                unix_ms: now_unix_ms(),
+                who: who.name.clone(),
+                role: who.role_name().to_string(),
+                changes: changes.iter().map(describe).collect(),
+                peer: peer.clone().unwrap_or_default(),
+            };
+            let store = self.store.clone();
+            let started = std::time::Instant::now();
+            let committed = tokio::task::spawn_blocking(move || {
+                store.commit(base.version, &next, &record).map(|()| next)
+            })
             .await
-            .map_err(|e| ApplyError::Task(e.to_string()))??;
-        let version = next.version;
-        self.current.send_replace(Arc::new(next));
-        self.metrics.set_version(version);
-        tracing::info!(version, changes = changes.len(), who = %who.name, "applied change");
-        Ok(version)
+            .map_err(|e| ApplyError::Task(e.to_string()))?;
+            match committed {
+                Ok(next) => {
+                    self.metrics.store_commit(started.elapsed().as_secs_f64());
+                    let version = next.version;
+                    self.current.send_replace(Arc::new(next));
+                    self.metrics.set_version(version);
+                    tracing::info!(version, changes = changes.len(), who = %who.name, "applied change");
+                    return Ok(version);
+                }
+                Err(StoreError::Conflict { base, current }) => {
+                    // Another instance committed first: catch up with it.
+                    self.reload().await?;
+                    // A change that named its base is refused; one that did
+                    // not is applied again on the newer state, a few times.
+                    if expected_version != 0 || attempt >= MAX_CONFLICT_RETRIES {
+                        return Err(ApplyError::Concurrent {
+                            base,
+                            current: current.max(self.version()),
+                        });
+                    }
+                    tracing::info!(
+                        base,
+                        current,
+                        attempt,
+                        "state changed concurrently; applying the change again on the newer state"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.metrics.store_error("commit");
+                    return Err(e.into());
+                }
+            }
+        }
     }
 
     /// The newest `limit` audit records, newest first.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.audit(limit))
+        let result = tokio::task::spawn_blocking(move || store.audit(limit))
             .await
-            .map_err(|_| StoreError::Poisoned)?
+            .map_err(|_| StoreError::Poisoned)?;
+        if result.is_err() {
+            self.metrics.store_error("audit");
+        }
+        result
+    }
+
+    /// The store holding the state (for logs).
+    pub fn store_description(&self) -> String {
+        self.store.describe()
     }
 
     /// Every subscriber (sorted by id) and the current version.
@@ -286,6 +430,47 @@ impl State {
                 })
                 .collect(),
         }
+    }
+
+    /// [`State::status`], and with a shared store also the subscribers of
+    /// the other control instances: per id, the entry of an instance it is
+    /// connected to, else the one that saw it last. If the store cannot be
+    /// read, this instance's subscribers only.
+    pub async fn status_all(&self) -> StatusResponse {
+        let mut status = self.status();
+        if !self.shared_store.load(std::sync::atomic::Ordering::Acquire) {
+            return status;
+        }
+        let store = self.store.clone();
+        let peers = match tokio::task::spawn_blocking(move || store.peer_subscribers()).await {
+            Ok(Ok(peers)) => peers,
+            Ok(Err(e)) => {
+                self.metrics.store_error("peers");
+                tracing::warn!(error = %e, "status: the other instances' subscribers are unknown");
+                return status;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "status: reading the other instances' subscribers failed");
+                return status;
+            }
+        };
+        let mut by_id: BTreeMap<String, SubscriberStatus> = status
+            .subscribers
+            .drain(..)
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        for entry in peers.into_iter().flatten() {
+            match by_id.get(&entry.id) {
+                Some(have)
+                    if (have.connected, have.last_seen_unix_ms)
+                        >= (entry.connected, entry.last_seen_unix_ms) => {}
+                _ => {
+                    by_id.insert(entry.id.clone(), entry);
+                }
+            }
+        }
+        status.subscribers = by_id.into_values().collect();
+        status
     }
 
     fn lock_subscribers(&self) -> std::sync::MutexGuard<'_, Subscribers> {
@@ -329,6 +514,39 @@ impl State {
             state: self.clone(),
             id: id.to_string(),
             stream,
+        }
+    }
+}
+
+/// How often a changed subscriber table is published to a shared store, and
+/// how often an unchanged one is renewed (well within `PEER_TABLE_TTL`).
+const PUBLISH_CHANGED: std::time::Duration = std::time::Duration::from_secs(1);
+const PUBLISH_RENEW: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Publishes this instance's subscriber table to the shared store while the
+/// state lives.
+async fn publish_subscribers(state: std::sync::Weak<State>) {
+    let mut last: Option<(Vec<SubscriberStatus>, std::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(PUBLISH_CHANGED).await;
+        let Some(s) = state.upgrade() else { return };
+        let table = s.status().subscribers;
+        let due = match &last {
+            Some((sent, at)) => *sent != table || at.elapsed() >= PUBLISH_RENEW,
+            None => true,
+        };
+        if !due {
+            continue;
+        }
+        let store = s.store.clone();
+        let copy = table.clone();
+        match tokio::task::spawn_blocking(move || store.publish_subscribers(&copy)).await {
+            Ok(Ok(())) => last = Some((table, std::time::Instant::now())),
+            Ok(Err(e)) => {
+                s.metrics.store_error("publish");
+                tracing::debug!(error = %e, "publishing the subscriber table failed; retrying");
+            }
+            Err(e) => tracing::warn!(error = %e, "publishing the subscriber table failed"),
         }
     }
 }

@@ -1,14 +1,20 @@
 //! Durable storage of the desired state.
 //!
 //! The whole [`Snapshot`] (with its version) is stored as one value. The
-//! [`Store`] trait keeps the backend replaceable (a replicated store such as
-//! etcd can follow); [`RedbStore`] is the embedded default and
-//! [`MemoryStore`] serves tests.
+//! [`Store`] trait keeps the backend replaceable: [`RedbStore`] is the
+//! embedded default, [`EtcdStore`](crate::store_etcd::EtcdStore) lets several
+//! control instances share one state, and [`MemoryStore`] serves tests.
+//!
+//! Every change is a [`Store::commit`] on a named base version: a backend
+//! refuses it with [`StoreError::Conflict`] when the stored state is no longer
+//! that version (another control instance committed first), so two changes
+//! can never both be built on the same base.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use control_api::pb::{AuditRecord, Snapshot};
+use control_api::pb::{AuditRecord, Snapshot, SubscriberStatus};
 use prost::Message;
 
 /// Errors of the durable store.
@@ -26,6 +32,78 @@ pub enum StoreError {
     Decode(#[from] prost::DecodeError),
     #[error("state store poisoned")]
     Poisoned,
+    /// The stored state is no longer the version the change was built on:
+    /// another control instance committed first. Nothing was written; read
+    /// the state again and retry.
+    #[error(
+        "state changed concurrently: the change was based on version {base}, the store holds version {current}; read it again and retry"
+    )]
+    Conflict { base: u64, current: u64 },
+    /// The backend (etcd) could not be reached or did not answer in time.
+    /// Safe to retry: a change named by its base version is refused with
+    /// `Conflict` if an earlier attempt did land after all.
+    #[error("state store {backend} unavailable during {op}: {reason}")]
+    Unavailable {
+        backend: String,
+        op: &'static str,
+        reason: String,
+    },
+    /// The backend answered with something this version does not expect.
+    #[error("state store {backend}: {reason}")]
+    Backend { backend: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later unchanged (the backend was
+    /// unreachable), as opposed to a conflict or corrupt data.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// What a store's [`Store::watch`] reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreEvent {
+    /// A snapshot now stored (committed by this or another instance; the
+    /// receiver keeps only versions newer than its own).
+    Snapshot(Snapshot),
+    /// The watch failed and is being re-established (with backoff).
+    Error(String),
+}
+
+/// Which backend holds the state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `<data_dir>/control.redb` (the default): one instance.
+    #[default]
+    Redb,
+    /// A shared etcd cluster: several control instances, one state.
+    Etcd(EtcdConfig),
+}
+
+/// Where the etcd backend keeps the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix: the snapshot is `<prefix>/snapshot`, the audit trail
+    /// `<prefix>/audit/<version, 20 digits>`.
+    pub prefix: String,
+    /// Connecting to an endpoint gives up after this long.
+    pub connect_timeout: Duration,
+    /// Every request gives up after this long (then `Unavailable`).
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "/tandem".to_string(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Durable storage of the whole desired state.
@@ -35,18 +113,40 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the stored snapshot; durable once this returns `Ok`.
     fn save(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
     /// Replaces the stored snapshot and appends its audit record, both or
-    /// neither; durable once this returns `Ok`. Backends without an audit
-    /// trail only save the snapshot.
-    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
-        let _ = audit;
-        self.save(snapshot)
-    }
+    /// neither, if the stored snapshot is still at `base_version` (0: none
+    /// stored); otherwise [`StoreError::Conflict`] and nothing is written.
+    /// Durable once this returns `Ok`.
+    fn commit(
+        &self,
+        base_version: u64,
+        snapshot: &Snapshot,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
     /// The newest `limit` audit records, newest first.
-    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        let _ = limit;
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Snapshots committed to the store (by any instance), for a backend
+    /// shared by several control instances; `None` for a private one. Called
+    /// once; the stream ends when the store is dropped.
+    fn watch(&self) -> Option<tokio::sync::mpsc::Receiver<StoreEvent>> {
+        None
+    }
+    /// The backend, for logs ("redb /var/lib/tandem/control.redb").
+    fn describe(&self) -> String;
+    /// Shares this instance's subscriber table with the other instances of
+    /// a shared store. Call again within [`PEER_TABLE_TTL`]: a table that is
+    /// not renewed disappears (its instance is gone). No-op by default.
+    fn publish_subscribers(&self, table: &[SubscriberStatus]) -> Result<(), StoreError> {
+        let _ = table;
+        Ok(())
+    }
+    /// The subscriber tables the other live instances published.
+    fn peer_subscribers(&self) -> Result<Vec<Vec<SubscriberStatus>>, StoreError> {
         Ok(Vec::new())
     }
 }
+
+/// How long a published subscriber table outlives its last renewal.
+pub const PEER_TABLE_TTL: Duration = Duration::from_secs(10);
 
 const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("state");
 const KEY: &str = "snapshot";
@@ -60,6 +160,7 @@ pub const DB_FILE: &str = "control.redb";
 /// write transaction per change.
 pub struct RedbStore {
     db: redb::Database,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -76,7 +177,7 @@ impl RedbStore {
             path: path.clone(),
             source: e.into(),
         })?;
-        Ok(Self { db })
+        Ok(Self { db, path })
     }
 }
 
@@ -109,13 +210,30 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        base_version: u64,
+        snapshot: &Snapshot,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let bytes = snapshot.encode_to_vec();
         let record = audit.encode_to_vec();
-        // One transaction: the state and its record, or neither.
+        use redb::ReadableTable;
+        // One transaction: the state and its record, or neither. Write
+        // transactions are serialized, so the check below cannot race.
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
             let mut table = txn.open_table(TABLE).map_err(redb::Error::from)?;
+            let current = match table.get(KEY).map_err(redb::Error::from)? {
+                Some(v) => Snapshot::decode(v.value())?.version,
+                None => 0,
+            };
+            if current != base_version {
+                return Err(StoreError::Conflict {
+                    base: base_version,
+                    current,
+                });
+            }
             table
                 .insert(KEY, bytes.as_slice())
                 .map_err(redb::Error::from)?;
@@ -142,6 +260,10 @@ impl Store for RedbStore {
         }
         Ok(out)
     }
+
+    fn describe(&self) -> String {
+        format!("redb {}", self.path.display())
+    }
 }
 
 /// A store that keeps the snapshot in memory only (tests, ephemeral runs).
@@ -166,8 +288,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn commit(&self, snapshot: &Snapshot, audit: &AuditRecord) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        base_version: u64,
+        snapshot: &Snapshot,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        // The audit lock serializes commits, so check and write are one step.
         let mut log = self.audit.lock().map_err(|_| StoreError::Poisoned)?;
+        let current = self.load()?.map_or(0, |s| s.version);
+        if current != base_version {
+            return Err(StoreError::Conflict {
+                base: base_version,
+                current,
+            });
+        }
         self.save(snapshot)?;
         log.push(audit.clone());
         Ok(())
@@ -176,6 +311,10 @@ impl Store for MemoryStore {
     fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let log = self.audit.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(log.iter().rev().take(limit).cloned().collect())
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_string()
     }
 }
 
@@ -218,8 +357,20 @@ mod tests {
                 changes: vec![format!("put node node-{v}")],
                 ..Default::default()
             };
-            store.commit(&sample(v), &record)?;
+            store.commit(v - 1, &sample(v), &record)?;
         }
+        // A stale base is refused and changes nothing.
+        let stale = AuditRecord {
+            version: 6,
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.commit(4, &sample(6), &stale),
+            Err(StoreError::Conflict {
+                base: 4,
+                current: 5
+            })
+        ));
         drop(store);
         let store = RedbStore::open(dir.path())?;
         assert_eq!(store.load()?, Some(sample(5)));
@@ -234,6 +385,20 @@ mod tests {
         assert_eq!(store.load()?, None);
         store.save(&sample(3))?;
         assert_eq!(store.load()?, Some(sample(3)));
+        let record = AuditRecord {
+            version: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.commit(2, &sample(4), &record),
+            Err(StoreError::Conflict {
+                base: 2,
+                current: 3
+            })
+        ));
+        store.commit(3, &sample(4), &record)?;
+        assert_eq!(store.load()?, Some(sample(4)));
+        assert_eq!(store.audit(10)?, vec![record]);
         Ok(())
     }
 }

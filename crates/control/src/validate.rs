@@ -934,6 +934,7 @@ mod tests {
             cert_chain_pem: c.pem(),
             private_key_pem: key.serialize_pem(),
             default,
+            private_key_fingerprint: String::new(),
         }
     }
 

@@ -115,6 +115,7 @@ fn certificate(name: &str) -> Result<Change, Box<dyn std::error::Error>> {
         cert_chain_pem: ck.cert.pem(),
         private_key_pem: ck.signing_key.serialize_pem(),
         default: true,
+        private_key_fingerprint: String::new(),
     })))
 }
 

@@ -17,6 +17,7 @@ mod metrics;
 mod pool;
 mod pump;
 mod relay;
+pub mod xdp_mode;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use flow::{FLOW_HASH_SEED, flow_hash};
 pub use pool::{Pool, PoolError};
 pub use pump::Mode as RelayMode;
+pub use xdp_mode::XdpConfig;
 
 use metrics::Metrics;
 
@@ -68,6 +70,9 @@ pub struct DirectorConfig {
     /// Listening sockets per VIP, bound with SO_REUSEPORT so the kernel
     /// spreads new connections over one accept loop per core.
     pub accept_loops: usize,
+    /// xdp mode: forward packets with a BPF program on an interface instead
+    /// of relaying connections. `None` (the default) is proxy mode.
+    pub xdp: Option<XdpConfig>,
 }
 
 impl DirectorConfig {
@@ -90,6 +95,7 @@ impl DirectorConfig {
             accept_loops: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            xdp: None,
         }
     }
 }
@@ -104,6 +110,12 @@ pub enum DirectorError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("xdp data plane on {interface:?}: {source}")]
+    Xdp {
+        interface: String,
+        #[source]
+        source: xdp::XdpError,
     },
 }
 
@@ -232,41 +244,8 @@ impl Director {
     }
 
     fn set_health_targets(&self, snapshot: &Snapshot) {
-        let pools: std::collections::HashSet<&str> = snapshot
-            .services
-            .iter()
-            .map(|s| pool::pool_name(&s.node_pool))
-            .collect();
-        let mut targets = Vec::new();
-        for n in &snapshot.nodes {
-            if !pools.contains(pool::pool_name(&n.pool)) {
-                continue;
-            }
-            let mut spec = self.config.health.clone();
-            let addr = match n.admin_address.parse::<SocketAddr>() {
-                Ok(a) => {
-                    spec.probe = health::Probe::Http {
-                        path: self.config.health_path.clone(),
-                        expect_status: None,
-                    };
-                    a
-                }
-                Err(_) => match n.address.parse::<SocketAddr>() {
-                    Ok(a) => {
-                        spec.probe = health::Probe::Tcp;
-                        spec.proxy_local = true;
-                        a
-                    }
-                    Err(_) => continue,
-                },
-            };
-            targets.push(health::Target {
-                id: n.id.clone(),
-                addr,
-                spec,
-            });
-        }
-        self.checker.set_targets(targets);
+        self.checker
+            .set_targets(health_targets(&self.config, snapshot));
     }
 
     /// Builds every service's pool from `snapshot` and the current node
@@ -525,6 +504,48 @@ fn health_report(map: &health::HealthMap) -> control_api::pb::HealthReport {
     control_api::pb::HealthReport { nodes }
 }
 
+/// What to health-check for `snapshot`: the nodes of every pool a service
+/// uses. Nodes with an admin address get an HTTP GET of the health path
+/// there; others a TCP connect (with a PROXY LOCAL header) to their traffic
+/// address.
+fn health_targets(config: &DirectorConfig, snapshot: &Snapshot) -> Vec<health::Target> {
+    let pools: std::collections::HashSet<&str> = snapshot
+        .services
+        .iter()
+        .map(|s| pool::pool_name(&s.node_pool))
+        .collect();
+    let mut targets = Vec::new();
+    for n in &snapshot.nodes {
+        if !pools.contains(pool::pool_name(&n.pool)) {
+            continue;
+        }
+        let mut spec = config.health.clone();
+        let addr = match n.admin_address.parse::<SocketAddr>() {
+            Ok(a) => {
+                spec.probe = health::Probe::Http {
+                    path: config.health_path.clone(),
+                    expect_status: None,
+                };
+                a
+            }
+            Err(_) => match n.address.parse::<SocketAddr>() {
+                Ok(a) => {
+                    spec.probe = health::Probe::Tcp;
+                    spec.proxy_local = true;
+                    a
+                }
+                Err(_) => continue,
+            },
+        };
+        targets.push(health::Target {
+            id: n.id.clone(),
+            addr,
+            spec,
+        });
+    }
+    targets
+}
+
 /// Binds a listener with SO_REUSEADDR and SO_REUSEPORT, so that several
 /// workers or a restarted director can share the VIP.
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -546,6 +567,8 @@ pub enum ConfigSource {
     Control {
         endpoints: Vec<String>,
         token: Option<String>,
+        /// TLS for `https://` endpoints (CA, optional client certificate).
+        tls: Option<control_api::tls::ClientTls>,
     },
     /// A fixed snapshot (a static config file); no control service.
     Static(Box<Snapshot>),
@@ -558,6 +581,9 @@ pub async fn run(
     source: ConfigSource,
     shutdown: CancellationToken,
 ) -> Result<(), DirectorError> {
+    if let Some(xdp) = config.xdp.clone() {
+        return xdp_mode::run(config, xdp, source, shutdown).await;
+    }
     let director = Director::new(config.clone());
     if let Some(addr) = config.admin_listen {
         let listener = TcpListener::bind(addr)
@@ -578,6 +604,7 @@ pub async fn run(
         ConfigSource::Control {
             mut endpoints,
             token,
+            tls,
         } => {
             if endpoints.is_empty() {
                 return Err(DirectorError::Config("no control endpoint".into()));
@@ -606,6 +633,7 @@ pub async fn run(
                 token,
                 reports: Some(report_rx),
                 fallback_endpoints: endpoints,
+                tls,
             };
             Some(tokio::spawn(watch::run_with_options(
                 sub,

@@ -80,6 +80,12 @@ impl Pool {
         self.table.size()
     }
 
+    /// The owner of every slot `0..table_size` in order (all `None` when
+    /// the pool is empty): what xdp mode writes into its ring map.
+    pub fn slot_owners(&self) -> impl Iterator<Item = Option<&str>> {
+        self.table.slots()
+    }
+
     /// Ids of the nodes taking new flows.
     pub fn node_ids(&self) -> std::collections::HashSet<String> {
         self.addresses.keys().cloned().collect()

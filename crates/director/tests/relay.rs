@@ -86,8 +86,8 @@ fn snapshot(
             table_size: 65537,
             hash: pb::HashFields::FiveTuple as i32,
             node_pool: "default".into(),
-                    ..Default::default()
-}],
+            ..Default::default()
+        }],
         nodes: nodes
             .iter()
             .map(|(id, addr, state)| pb::Node {
@@ -97,8 +97,8 @@ fn snapshot(
                 weight: 100,
                 state: *state as i32,
                 pool: "default".into(),
-                            ..Default::default()
-})
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }
@@ -341,8 +341,8 @@ async fn ipv6_vip_and_two_services_in_one_director() {
         table_size: 251,
         hash: pb::HashFields::SourceIp as i32,
         node_pool: "v6".into(),
-            ..Default::default()
-});
+        ..Default::default()
+    });
     snap.nodes.push(pb::Node {
         id: "node-v6".into(),
         address: n6.to_string(),
@@ -511,8 +511,8 @@ async fn a_stalled_node_is_timed_out_and_resets_disturb_no_one() {
         table_size: 251,
         hash: 0,
         node_pool: "good".into(),
-            ..Default::default()
-});
+        ..Default::default()
+    });
     snap.nodes.push(pb::Node {
         id: "node-good".into(),
         address: good.to_string(),

@@ -24,7 +24,7 @@ use control_api::pb::{HashOn, UpstreamProtocol};
 use control_api::{LbPolicy, UpstreamProxyProtocol};
 use http::header::{HeaderMap, HeaderName};
 
-use crate::upstream::{ClientCache, ClientKey, HttpClient};
+use crate::upstream::{ClientCache, ClientKey, HttpClient, SharedPool};
 
 /// Connect timeout when the cluster does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -258,8 +258,12 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     pub retry: Retry,
     budget: RetryBudget,
-    /// Shared, pooled client for clusters without PROXY.
+    /// Shared, pooled client for h2 clusters.
     pub(crate) client: HttpClient,
+    /// Shared HTTP/1.1 connections for clusters without PROXY.
+    pub(crate) pool: Arc<SharedPool>,
+    /// This cluster's metric series, resolved on first use.
+    pub(crate) series: crate::metrics::ClusterSeries,
     /// Smooth weighted round robin: current weights.
     swrr: Mutex<Vec<i64>>,
     rng: AtomicU64,
@@ -462,6 +466,12 @@ impl Cluster {
                 idle_timeout,
                 h2,
             }),
+            pool: clients.pool(ClientKey {
+                connect_timeout,
+                idle_timeout,
+                h2: false,
+            }),
+            series: crate::metrics::ClusterSeries::new(name),
             rng: AtomicU64::new(seed),
             maglev,
         })

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
@@ -29,9 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::Node;
 use crate::cluster::{Cluster, InFlight};
 use crate::limits::CappedBody;
-use crate::metrics::{ClusterLabels, Metrics};
-use crate::router::normalize_host;
-use crate::upstream::{BoundPool, ConnectError, Lease, UpBody};
+use crate::metrics::{Metrics, RouteSeries};
+use crate::router::{RouteEntry, normalize_host};
+use crate::upstream::{BoundPool, ConnectError, Lease, PoolRef, UpBody};
 
 pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -52,14 +53,96 @@ pub(crate) struct ConnCtx {
     /// "TLSv1.3", "TLSv1.2".
     pub tls_version: Arc<str>,
     pub handshake_ms: f64,
-    /// "https" on the TLS listener, "http" on the plain one.
-    pub scheme: &'static str,
     /// Upstream connections bound to this client connection (PROXY clusters).
     pub bound: Arc<BoundPool>,
+    /// `X-Forwarded-For`, `Forwarded` and `X-Forwarded-Proto` ("https" on
+    /// the TLS listener, "http" on the plain one) for this connection's
+    /// client, made once per connection.
+    pub forwarding: Forwarding,
+}
+
+/// The forwarding header values naming one client.
+#[derive(Clone, Debug)]
+pub(crate) struct Forwarding {
+    xff: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+    scheme: &'static str,
+}
+
+impl Forwarding {
+    pub(crate) fn new(client: std::net::IpAddr, scheme: &'static str) -> Self {
+        let ip = client.to_canonical();
+        let fwd = if ip.is_ipv6() {
+            format!("for=\"[{ip}]\";proto={scheme}")
+        } else {
+            format!("for={ip};proto={scheme}")
+        };
+        Forwarding {
+            xff: HeaderValue::from_str(&ip.to_string()).ok(),
+            forwarded: HeaderValue::from_str(&fwd).ok(),
+            scheme,
+        }
+    }
+
+    fn apply(&self, h: &mut HeaderMap, host: Option<HeaderValue>, proxy_v2: bool) {
+        strip_hop_by_hop(h);
+        if let Some(v) = host {
+            h.insert(header::HOST, v.clone());
+            h.insert(X_FORWARDED_HOST, v);
+        }
+        // Whatever the client claims about itself is not to be trusted:
+        // replaced (insert drops every earlier value) or removed.
+        match (&self.xff, proxy_v2) {
+            (Some(v), false) => {
+                h.insert(X_FORWARDED_FOR, v.clone());
+            }
+            _ => {
+                h.remove(X_FORWARDED_FOR);
+            }
+        }
+        match (&self.forwarded, proxy_v2) {
+            (Some(v), false) => {
+                h.insert(header::FORWARDED, v.clone());
+            }
+            _ => {
+                h.remove(header::FORWARDED);
+            }
+        }
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+    }
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: most messages have none of these, and
+    // a miss costs a hash and a probe per name.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
+        strip_listed(h);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == n)
+}
+
+/// Removes the headers `Connection` names.
+fn strip_listed(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -68,17 +151,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     for n in listed {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
         h.remove(n);
     }
 }
@@ -98,35 +170,48 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
 }
 
-fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host_raw: Option<&str>, proxy_v2: bool) {
-    strip_hop_by_hop(h);
-    if let Some(v) = host_raw.and_then(|s| HeaderValue::from_str(s).ok()) {
-        h.insert(header::HOST, v.clone());
-        h.insert(X_FORWARDED_HOST, v);
+/// [`request_host`] as a header value, without copying it for HTTP/1.1.
+fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() == Version::HTTP_2
+        && let Some(a) = req.uri().authority()
+    {
+        return HeaderValue::from_str(a.as_str()).ok();
     }
-    // Whatever the client claims about itself is not to be trusted.
-    h.remove(header::FORWARDED);
-    h.remove(X_FORWARDED_FOR);
-    if !proxy_v2 {
-        let ip = ctx.client.ip().to_canonical();
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            h.insert(X_FORWARDED_FOR, v);
-        }
-        let fwd = if ip.is_ipv6() {
-            format!("for=\"[{ip}]\";proto={}", ctx.scheme)
-        } else {
-            format!("for={ip};proto={}", ctx.scheme)
-        };
-        if let Ok(v) = HeaderValue::from_str(&fwd) {
-            h.insert(header::FORWARDED, v);
-        }
-    }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme));
+    req.headers()
+        .get(header::HOST)
+        .filter(|v| v.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+}
+
+fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<HeaderValue>, proxy_v2: bool) {
+    ctx.forwarding.apply(h, host, proxy_v2);
     if !h.contains_key(X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_str(&ctx.node.new_request_id())
+        && let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id()))
     {
         h.insert(X_REQUEST_ID, v);
     }
+}
+
+/// The upstream request's hop-by-hop strip and forwarding headers (Host,
+/// `X-Forwarded-Host`, `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`)
+/// for a client at `client` on a `scheme` listener; public for the benches.
+pub fn set_forwarding_headers(
+    h: &mut HeaderMap,
+    client: std::net::IpAddr,
+    scheme: &'static str,
+    host_raw: Option<&str>,
+    proxy_v2: bool,
+) {
+    Forwarding::new(client, scheme).apply(
+        h,
+        host_raw.and_then(|s| HeaderValue::from_str(s).ok()),
+        proxy_v2,
+    );
 }
 
 /// Fields of the access log line, filled as the request goes.
@@ -138,9 +223,15 @@ struct AccessLog {
     handshake_ms: f64,
     method: Method,
     host: String,
+    /// Filled only when the access log is on.
     path: String,
-    route: Option<String>,
-    cluster: Option<String>,
+    route: Option<Arc<RouteEntry>>,
+    /// The request was for the route's cluster (not a redirect).
+    to_cluster: bool,
+    /// The route's metric series, resolved at config time.
+    series: Option<Arc<RouteSeries>>,
+    /// The cluster, once found.
+    cluster: Option<Arc<Cluster>>,
     endpoint: Option<SocketAddr>,
     status: u16,
     /// Upstream attempts (more than one after retries).
@@ -164,11 +255,29 @@ struct Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        let cluster = self.log.cluster.as_deref().unwrap_or("");
-        let route = self.log.route.as_deref().unwrap_or("");
-        self.node
-            .metrics
-            .count_request(route, cluster, self.log.status, elapsed.as_secs_f64());
+        let route = self.log.route.as_deref().map_or("", |r| r.name.as_str());
+        let cluster = match &self.log.route {
+            Some(r) if self.log.to_cluster => r.cluster.as_str(),
+            _ => "",
+        };
+        match &self.log.series {
+            // The cluster label and the cluster found agree (not a route to
+            // an unknown cluster): the cached series.
+            Some(series) if self.log.to_cluster == self.log.cluster.is_some() => {
+                self.node.metrics.count_routed(
+                    series,
+                    self.log.cluster.as_deref().map(|c| &c.series),
+                    self.log.status,
+                    elapsed.as_secs_f64(),
+                );
+            }
+            _ => self.node.metrics.count_request(
+                route,
+                cluster,
+                self.log.status,
+                elapsed.as_secs_f64(),
+            ),
+        }
         tracing::info!(
             target: "access",
             client = %self.log.client,
@@ -178,8 +287,8 @@ impl Drop for Finish {
             method = %self.log.method,
             host = %self.log.host,
             path = %self.log.path,
-            route = self.log.route.as_deref().unwrap_or("-"),
-            cluster = self.log.cluster.as_deref().unwrap_or("-"),
+            route = if route.is_empty() { "-" } else { route },
+            cluster = if cluster.is_empty() { "-" } else { cluster },
             endpoint = %self.log.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
             status = self.log.status,
             bytes = self.bytes,
@@ -341,8 +450,13 @@ fn is_idempotent(m: &Method) -> bool {
 
 async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    let host_raw = request_host(&req);
-    let host = host_raw.as_deref().map(normalize_host).unwrap_or_default();
+    let host_value = request_host_value(&req);
+    let host = host_value
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_host)
+        .unwrap_or_default();
+    let access_on = tracing::enabled!(target: "access", tracing::Level::INFO);
     let mut log = AccessLog {
         client: ctx.client,
         sni: ctx.sni.clone(),
@@ -351,8 +465,14 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         handshake_ms: ctx.handshake_ms,
         method: req.method().clone(),
         host,
-        path: req.uri().path().to_string(),
+        path: if access_on {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
         route: None,
+        to_cluster: false,
+        series: None,
         cluster: None,
         endpoint: None,
         status: 0,
@@ -369,9 +489,10 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             return local(ctx, log, start, StatusCode::NOT_FOUND, "no route\n");
         };
         let cluster = rt.clusters.get(&route.cluster).cloned();
+        log.series = rt.route_series.get(&route_key(&route)).cloned();
         (route, cluster, rt.limits.max_body)
     };
-    log.route = Some(route.name.clone());
+    log.route = Some(route.clone());
     // Conflicting framing (request smuggling): refuse. (hyper already
     // refuses or normalises the h1 shapes; see the crate docs.)
     if req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -403,7 +524,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         }
         return resp;
     }
-    log.cluster = Some(route.cluster.clone());
+    log.to_cluster = true;
     let Some(cluster) = cluster.filter(|c| !c.endpoints.is_empty()) else {
         return local(
             ctx,
@@ -429,18 +550,19 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         0
     };
 
+    log.cluster = Some(cluster.clone());
     let (parts, body) = req.into_parts();
     let method = parts.method;
     let pq = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut headers = parts.headers;
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    prepare_headers(&mut headers, ctx, host_raw.as_deref(), cluster.proxy_v2);
+    prepare_headers(&mut headers, ctx, host_value, cluster.proxy_v2);
     if cluster.h2 && te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -455,6 +577,11 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
     });
     cluster.count_request();
 
+    // A copy of the headers is kept for another attempt only when one can
+    // follow after the request was sent (a retry on status, or h2 where the
+    // client connects inside the request); a connect failure of ours leaves
+    // them unused.
+    let status_retry = !cluster.retry.on_status.is_empty() || cluster.h2;
     let mut tried: Vec<usize> = Vec::new();
     let mut retries_left = cluster.retry.max_retries;
     let mut last: Option<(usize, Result<Sent, SendError>)> = None;
@@ -462,11 +589,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         tried.push(idx);
         log.attempts += 1;
         let attempt_body = body.take().unwrap_or_else(empty_body);
-        let attempt_headers = if replayable && retries_left > 0 {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
+        let keep_copy = replayable && retries_left > 0 && status_retry;
         let sent_at = Instant::now();
         let send = send(
             ctx,
@@ -474,7 +597,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             idx,
             &method,
             &pq,
-            attempt_headers,
+            (&mut headers, keep_copy),
             attempt_body,
         );
         let r = tokio::time::timeout(cluster.response_timeout, send)
@@ -482,13 +605,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             .unwrap_or(Err(SendError::Timeout));
         let waited = sent_at.elapsed().as_secs_f64();
         log.upstream_ms = Some(waited * 1000.0);
-        ctx.node
-            .metrics
-            .upstream_ttfb
-            .get_or_create(&ClusterLabels {
-                cluster: cluster.name.clone(),
-            })
-            .observe(waited);
+        ctx.node.metrics.ttfb(&cluster.series).observe(waited);
         let client_fault = exceeded.load(Ordering::Acquire);
         // Passive health counts what the endpoint did: a refused connect,
         // no answer in time, or a 5xx. (Other errors may be the client's.)
@@ -637,23 +754,34 @@ async fn send(
     cluster: &Arc<Cluster>,
     idx: usize,
     method: &Method,
-    pq: &str,
-    mut headers: HeaderMap,
+    pq: &PathAndQuery,
+    (headers, keep_copy): (&mut HeaderMap, bool),
     body: UpBody,
 ) -> Result<Sent, SendError> {
     let ep = cluster.endpoints[idx].addr;
     let in_flight = cluster.start(idx);
-    if !cluster.proxy_v2 {
+    let take = |h: &mut HeaderMap| {
+        if keep_copy {
+            h.clone()
+        } else {
+            std::mem::take(h)
+        }
+    };
+    if cluster.h2 {
         let uri = Uri::builder()
             .scheme("http")
             .authority(ep.to_string())
-            .path_and_query(pq)
+            .path_and_query(pq.clone())
             .build()
             .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
-        return match cluster
-            .client
-            .request(build(method, uri, headers, body, cluster.h2))
-            .await
+        // Boxed (here and for the reconnect below): keeps the common
+        // path's future small, which hyper moves into place per request.
+        return match Box::pin(
+            cluster
+                .client
+                .request(build(method, uri, take(headers), body, true)),
+        )
+        .await
         {
             Ok(resp) => Ok((resp, None, in_flight)),
             Err(e) if e.is_connect() => {
@@ -664,26 +792,29 @@ async fn send(
         };
     }
 
-    let uri: Uri = pq
-        .parse()
-        .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
-    if !headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(&ep.to_string())
-    {
-        headers.insert(header::HOST, v);
-    }
+    let pool = if cluster.proxy_v2 {
+        PoolRef::Bound(&ctx.bound)
+    } else {
+        PoolRef::Shared(&cluster.pool)
+    };
     let connect_err = |e: ConnectError| {
         ctx.node.metrics.upstream_connect_errors.inc();
         SendError::Connect(e.to_string())
     };
-    let mut lease = ctx
-        .bound
+    // Connect first: a connect failure leaves the headers for a retry.
+    let mut lease = pool
         .acquire(ep, cluster.connect_timeout)
         .await
         .map_err(connect_err)?;
+    let mut h = take(headers);
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&ep.to_string())
+    {
+        h.insert(header::HOST, v);
+    }
     match lease
         .sender
-        .try_send_request(build(method, uri, headers, body, false))
+        .try_send_request(build(method, Uri::from(pq.clone()), h, body, false))
         .await
     {
         Ok(resp) => Ok((resp, Some(lease), in_flight)),
@@ -691,19 +822,29 @@ async fn send(
             // Not sent: the idle connection went away. Once more on a new one.
             Some(req) if lease.reused => {
                 drop(lease);
-                let mut fresh = ctx
-                    .bound
-                    .connect(ep, cluster.connect_timeout)
-                    .await
-                    .map_err(connect_err)?;
-                match fresh.sender.send_request(req).await {
-                    Ok(resp) => Ok((resp, Some(fresh), in_flight)),
-                    Err(e) => Err(SendError::Other(error_chain(&e))),
+                match Box::pin(pool.connect(ep, cluster.connect_timeout)).await {
+                    Ok(mut fresh) => match fresh.sender.send_request(req).await {
+                        Ok(resp) => Ok((resp, Some(fresh), in_flight)),
+                        Err(e) => Err(SendError::Other(error_chain(&e))),
+                    },
+                    Err(ce) => {
+                        // Nothing was sent: the next attempt gets the headers.
+                        if !keep_copy {
+                            *headers = req.into_parts().0.headers;
+                        }
+                        Err(connect_err(ce))
+                    }
                 }
             }
             _ => Err(SendError::Other(error_chain(e.error()))),
         },
     }
+}
+
+/// The key of a route in [`crate::Runtime::route_series`]: its address,
+/// stable while the runtime that holds both lives.
+pub(crate) fn route_key(route: &Arc<RouteEntry>) -> usize {
+    Arc::as_ptr(route) as usize
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

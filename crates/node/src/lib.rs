@@ -170,6 +170,8 @@ pub(crate) struct Runtime {
     /// `None` until a snapshot with a certificate arrives: handshakes fail.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub router: router::Router,
+    /// Each route's `requests_total` series, by [`forward::route_key`].
+    pub route_series: HashMap<usize, Arc<metrics::RouteSeries>>,
     pub clusters: HashMap<String, Arc<cluster::Cluster>>,
     pub limits: limits::Limits,
     /// The HTTP server for new connections, built for `limits`.
@@ -183,6 +185,7 @@ impl Runtime {
             version: 0,
             tls: None,
             router: router::Router::default(),
+            route_series: HashMap::new(),
             clusters: HashMap::new(),
             http: Arc::new(limits.http_builder()),
             limits,
@@ -304,6 +307,16 @@ impl Node {
                 tracing::warn!(route = %r.name, cluster = %r.cluster, "route names an unknown cluster; its requests get 503");
             }
         }
+        let route_series = router
+            .routes()
+            .map(|r| {
+                let cluster = if r.redirect.is_some() { "" } else { &r.cluster };
+                (
+                    forward::route_key(r),
+                    Arc::new(metrics::RouteSeries::new(&r.name, cluster)),
+                )
+            })
+            .collect();
         let limits = limits::Limits::from_settings(&snapshot.listener.unwrap_or_default());
         let drained = snapshot.nodes.iter().any(|n| {
             n.id == self.config.id
@@ -322,6 +335,7 @@ impl Node {
             version: snapshot.version,
             tls,
             router,
+            route_series,
             clusters,
             limits,
             http,
@@ -435,9 +449,24 @@ impl Node {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// `{instance:016x}-{n:x}`, written by hand: `format!` was a visible
+    /// share of a request's instructions.
     pub(crate) fn new_request_id(&self) -> String {
         let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n:x}", self.instance)
+        let mut id = String::with_capacity(33);
+        push_hex(&mut id, self.instance, 16);
+        id.push('-');
+        push_hex(&mut id, n, 1);
+        id
+    }
+}
+
+/// Appends `v` in lower-case hex, at least `min_digits` digits.
+fn push_hex(s: &mut String, v: u64, min_digits: u32) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits);
+    for i in (0..digits).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        s.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
     }
 }
 
@@ -505,4 +534,28 @@ pub async fn run(
     }
     tracing::info!(id = %node.config.id, "node stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn hex_matches_format() {
+        for (v, min) in [
+            (0u64, 1u32),
+            (1, 1),
+            (0xabc, 1),
+            (u64::MAX, 16),
+            (0x1f, 16),
+            (0, 16),
+        ] {
+            let mut s = String::new();
+            super::push_hex(&mut s, v, min);
+            let want = if min == 16 {
+                format!("{v:016x}")
+            } else {
+                format!("{v:x}")
+            };
+            assert_eq!(s, want);
+        }
+    }
 }

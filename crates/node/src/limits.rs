@@ -77,12 +77,17 @@ impl Limits {
     /// The hyper server builder (h1 and h2) for these limits.
     pub(crate) fn http_builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = b.http1();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(self.max_header_bytes.max(H1_MIN_BUF))
-            .max_headers(self.max_headers)
             .keep_alive(true);
+        // hyper's own limit is 100 too; set explicitly, it sizes a
+        // heap array per request head instead of an uninitialised one on
+        // the stack (~1k instructions per request).
+        if self.max_headers != DEFAULT_MAX_HEADERS {
+            h1.max_headers(self.max_headers);
+        }
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.h2_max_streams)

@@ -1,6 +1,6 @@
 //! The node's Prometheus metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -45,6 +45,56 @@ pub struct HandshakeLabels {
 pub struct EndpointLabels {
     pub cluster: String,
     pub endpoint: String,
+}
+
+const CODES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn code_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// A route's `requests_total` series (route, its cluster label), each
+/// resolved on first use and kept, so requests pay no label strings or map
+/// lookups. Series appear on first use, as with `get_or_create`.
+#[derive(Debug, Default)]
+pub(crate) struct RouteSeries {
+    route: String,
+    /// Empty for a redirect route.
+    cluster: String,
+    codes: [OnceLock<Counter>; 5],
+}
+
+impl RouteSeries {
+    pub(crate) fn new(route: &str, cluster: &str) -> Self {
+        RouteSeries {
+            route: route.to_string(),
+            cluster: cluster.to_string(),
+            codes: Default::default(),
+        }
+    }
+}
+
+/// A cluster's histogram series, resolved on first use and kept.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterSeries {
+    cluster: String,
+    duration: OnceLock<Histogram>,
+    ttfb: OnceLock<Histogram>,
+}
+
+impl ClusterSeries {
+    pub(crate) fn new(cluster: &str) -> Self {
+        ClusterSeries {
+            cluster: cluster.to_string(),
+            ..Default::default()
+        }
+    }
 }
 
 type HistogramFamily = Family<ClusterLabels, Histogram, fn() -> Histogram>;
@@ -202,14 +252,56 @@ impl Metrics {
         m
     }
 
+    /// [`Metrics::count_request`] for a route and cluster whose series
+    /// were resolved before (no label strings, no map lookups).
+    pub(crate) fn count_routed(
+        &self,
+        route: &RouteSeries,
+        cluster: Option<&ClusterSeries>,
+        status: u16,
+        seconds: f64,
+    ) {
+        let i = code_index(status);
+        route.codes[i]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: route.route.clone(),
+                        cluster: route.cluster.clone(),
+                        code: CODES[i].to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.request_duration.observe(seconds);
+        if let Some(c) = cluster {
+            self.cluster_duration(c).observe(seconds);
+        }
+    }
+
+    fn cluster_duration<'a>(&self, c: &'a ClusterSeries) -> &'a Histogram {
+        c.duration.get_or_init(|| {
+            self.cluster_duration
+                .get_or_create(&ClusterLabels {
+                    cluster: c.cluster.clone(),
+                })
+                .clone()
+        })
+    }
+
+    /// The cluster's `upstream_response_header_seconds` series.
+    pub(crate) fn ttfb<'a>(&self, c: &'a ClusterSeries) -> &'a Histogram {
+        c.ttfb.get_or_init(|| {
+            self.upstream_ttfb
+                .get_or_create(&ClusterLabels {
+                    cluster: c.cluster.clone(),
+                })
+                .clone()
+        })
+    }
+
     pub fn count_request(&self, route: &str, cluster: &str, status: u16, seconds: f64) {
-        let code = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let code = CODES[code_index(status)];
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),

@@ -1,7 +1,11 @@
 //! Upstream connections.
 //!
-//! Clusters without PROXY share pooled `hyper_util` clients (one per connect
-//! timeout, kept across config swaps so pools survive them).
+//! Clusters without PROXY share pools (one per connect and idle timeout,
+//! kept across config swaps so pools survive them): HTTP/1.1 clusters a
+//! [`SharedPool`] of `hyper::client::conn::http1` connections per endpoint
+//! (a lock taken twice per request, no URI rebuild, no connector, the
+//! newest idle connection first); h2 clusters a pooled `hyper_util` client
+//! (one multiplexed connection per endpoint).
 //!
 //! Clusters with PROXY v2 cannot share a connection between clients: each
 //! upstream connection opens with the PROXY header of one client connection.
@@ -9,7 +13,7 @@
 //! client's upstream HTTP/1.1 connections, per endpoint, for reuse by its
 //! later requests; they close when the client connection ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -48,9 +52,18 @@ pub(crate) struct ClientKey {
 #[derive(Default)]
 pub(crate) struct ClientCache {
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    pools: Mutex<HashMap<ClientKey, Arc<SharedPool>>>,
 }
 
 impl ClientCache {
+    /// The shared HTTP/1.1 pool for `key`.
+    pub(crate) fn pool(&self, key: ClientKey) -> Arc<SharedPool> {
+        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key)
+            .or_insert_with(|| SharedPool::new(key.idle_timeout))
+            .clone()
+    }
+
     pub(crate) fn get(&self, key: ClientKey) -> HttpClient {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key)
@@ -110,6 +123,12 @@ pub(crate) struct BoundPool {
     slots: Mutex<HashMap<SocketAddr, Slot>>,
 }
 
+/// Where a leased connection goes back to.
+enum Home {
+    Bound(Weak<BoundPool>),
+    Shared(Arc<SharedPool>),
+}
+
 /// A connection in use by one request.
 pub(crate) struct Lease {
     pub sender: http1::SendRequest<UpBody>,
@@ -117,23 +136,197 @@ pub(crate) struct Lease {
     /// Counted in the pool: goes back there when the response is done.
     pooled: bool,
     pub reused: bool,
-    pool: Weak<BoundPool>,
+    home: Home,
 }
 
 impl Lease {
     /// Returns the connection to its pool (the response was read to its end).
     pub(crate) fn release(self) {
-        if !self.pooled {
+        if !self.pooled || self.sender.is_closed() {
             return;
         }
-        if let Some(pool) = self.pool.upgrade() {
-            let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(slot) = slots.get_mut(&self.endpoint)
-                && !self.sender.is_closed()
-            {
-                slot.idle.push(self.sender);
+        match self.home {
+            Home::Bound(weak) => {
+                if let Some(pool) = weak.upgrade() {
+                    let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(slot) = slots.get_mut(&self.endpoint) {
+                        slot.idle.push(self.sender);
+                    }
+                }
+            }
+            Home::Shared(pool) => pool.put(self.endpoint, self.sender),
+        }
+    }
+}
+
+/// Where a request gets its upstream HTTP/1.1 connection.
+#[derive(Clone, Copy)]
+pub(crate) enum PoolRef<'a> {
+    /// This client connection's own (PROXY clusters).
+    Bound(&'a Arc<BoundPool>),
+    /// Shared by all clients (clusters without PROXY).
+    Shared(&'a Arc<SharedPool>),
+}
+
+impl PoolRef<'_> {
+    /// An idle connection to `endpoint`, or a new one.
+    pub(crate) async fn acquire(
+        self,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        match self {
+            PoolRef::Bound(p) => p.acquire(endpoint, connect_timeout).await,
+            PoolRef::Shared(p) => p.acquire(endpoint, connect_timeout).await,
+        }
+    }
+
+    /// A new connection to `endpoint`.
+    pub(crate) async fn connect(
+        self,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        match self {
+            PoolRef::Bound(p) => p.connect(endpoint, connect_timeout).await,
+            PoolRef::Shared(p) => p.connect(endpoint, connect_timeout).await,
+        }
+    }
+}
+
+/// Most idle connections a [`SharedPool`] keeps per endpoint.
+pub(crate) const SHARED_IDLE_CAP: usize = 1024;
+
+struct Idle {
+    sender: http1::SendRequest<UpBody>,
+    /// [`crate::cluster::now_ms`] when it went idle.
+    since_ms: u64,
+}
+
+/// Idle upstream HTTP/1.1 connections per endpoint, shared by every client
+/// connection (clusters without PROXY). A connection is leased to one
+/// request at a time and comes back when its response was read to the end;
+/// the newest idle one is used first (warm, least likely closed by the
+/// server); those idle longer than the idle timeout are closed.
+pub(crate) struct SharedPool {
+    idle_timeout: Duration,
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    reaper: std::sync::Once,
+}
+
+impl SharedPool {
+    pub(crate) fn new(idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(SharedPool {
+            idle_timeout,
+            idle: Mutex::new(HashMap::new()),
+            reaper: std::sync::Once::new(),
+        })
+    }
+
+    fn idle_ms(&self) -> u64 {
+        u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    fn take(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<UpBody>> {
+        let now = crate::cluster::now_ms();
+        let idle_ms = self.idle_ms();
+        let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.get_mut(&endpoint)?;
+        while let Some(c) = q.pop_back() {
+            if !c.sender.is_closed() && now.saturating_sub(c.since_ms) < idle_ms {
+                return Some(c.sender);
             }
         }
+        None
+    }
+
+    fn put(&self, endpoint: SocketAddr, sender: http1::SendRequest<UpBody>) {
+        let now = crate::cluster::now_ms();
+        let idle_ms = self.idle_ms();
+        let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.entry(endpoint).or_default();
+        while q
+            .front()
+            .is_some_and(|c| now.saturating_sub(c.since_ms) >= idle_ms)
+        {
+            q.pop_front();
+        }
+        if q.len() < SHARED_IDLE_CAP {
+            q.push_back(Idle {
+                sender,
+                since_ms: now,
+            });
+        }
+    }
+
+    /// Closes connections idle past the timeout, also when no request
+    /// comes (one task per pool, ends with the pool).
+    fn start_reaper(self: &Arc<Self>) {
+        self.reaper.call_once(|| {
+            let weak = Arc::downgrade(self);
+            let every =
+                (self.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    let now = crate::cluster::now_ms();
+                    let idle_ms = pool.idle_ms();
+                    let mut map = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                    map.retain(|_, q| {
+                        q.retain(|c| {
+                            !c.sender.is_closed() && now.saturating_sub(c.since_ms) < idle_ms
+                        });
+                        !q.is_empty()
+                    });
+                }
+            });
+        });
+    }
+
+    /// An idle connection to `endpoint`, or a new one.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        while let Some(mut sender) = self.take(endpoint) {
+            // The previous response was read to its end; the connection is
+            // ready, or about to be.
+            if sender.ready().await.is_ok() {
+                return Ok(Lease {
+                    sender,
+                    endpoint,
+                    pooled: true,
+                    reused: true,
+                    home: Home::Shared(self.clone()),
+                });
+            }
+        }
+        // Boxed: a rare path, kept out of the per-request future's size.
+        Box::pin(self.connect(endpoint, connect_timeout)).await
+    }
+
+    /// Opens a new connection to `endpoint`.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<Lease, ConnectError> {
+        self.start_reaper();
+        let (sender, conn) = open(endpoint, connect_timeout, &[]).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection failed");
+            }
+        });
+        Ok(Lease {
+            sender,
+            endpoint,
+            pooled: true,
+            reused: false,
+            home: Home::Shared(self.clone()),
+        })
     }
 }
 
@@ -216,11 +409,12 @@ impl BoundPool {
                     endpoint,
                     pooled: true,
                     reused: true,
-                    pool: Arc::downgrade(self),
+                    home: Home::Bound(Arc::downgrade(self)),
                 });
             }
         }
-        self.connect(endpoint, connect_timeout).await
+        // Boxed: a rare path, kept out of the per-request future's size.
+        Box::pin(self.connect(endpoint, connect_timeout)).await
     }
 
     /// Opens a new connection to `endpoint` (counted in the pool if there is
@@ -274,7 +468,7 @@ impl BoundPool {
             endpoint,
             pooled,
             reused: false,
-            pool: Arc::downgrade(self),
+            home: Home::Bound(Arc::downgrade(self)),
         })
     }
 }
@@ -293,10 +487,12 @@ async fn open(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    stream
-        .write_all(header)
-        .await
-        .map_err(|e| ConnectError::Io(endpoint, e))?;
+    if !header.is_empty() {
+        stream
+            .write_all(header)
+            .await
+            .map_err(|e| ConnectError::Io(endpoint, e))?;
+    }
     http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

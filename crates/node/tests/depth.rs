@@ -134,6 +134,7 @@ fn snapshot(cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<Route>) -> Snap
             cert_chain_pem: cert.cert_pem.clone(),
             private_key_pem: cert.key_pem.clone(),
             default: true,
+            private_key_fingerprint: String::new(),
         }],
         ..Default::default()
     }

@@ -222,6 +222,7 @@ fn snapshot(version: u64, cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<R
             cert_chain_pem: cert.cert_pem.clone(),
             private_key_pem: cert.key_pem.clone(),
             default: true,
+            private_key_fingerprint: String::new(),
         }],
         ..Default::default()
     }
@@ -783,4 +784,98 @@ async fn run_binds_serves_and_stops() {
         .expect("run returned")
         .expect("join");
     assert!(r.is_ok(), "{r:?}");
+}
+
+/// An HTTP app that counts the connections it accepted and those still open.
+async fn counting_app() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (acc, op) = (accepts.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = l.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            op.fetch_add(1, Ordering::SeqCst);
+            let op = op.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let body = format!("path={}\nupstream_peer={peer}\n", req.uri().path());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+                op.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (a, accepts, open)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_shared_by_clients_and_closed_when_idle() {
+    let cert = test_cert(&["localhost"]);
+    let (app, accepts, open) = counting_app().await;
+    let mut c = cluster("shared", &[app], false);
+    c.idle_timeout_ms = 300;
+    let snap = snapshot(1, &cert, vec![c], vec![route("all", "", "/", "shared")]);
+    let n = start_node(&snap, ProxyProtocolMode::Optional).await;
+
+    // Sequential requests from two client connections: one upstream
+    // connection carries them all (the app sees one peer).
+    let mut c1 = h1(n.addr, None, &cert).await;
+    let mut c2 = h1(n.addr, None, &cert).await;
+    let mut peers = std::collections::HashSet::new();
+    for i in 0..20 {
+        let send = if i % 2 == 0 { &mut c1 } else { &mut c2 };
+        let a = get1(send, "localhost", &format!("/r{i}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(line(&a.body, "path"), format!("/r{i}"));
+        peers.insert(line(&a.body, "upstream_peer").to_string());
+    }
+    assert_eq!(peers.len(), 1, "one upstream connection: {peers:?}");
+    assert_eq!(accepts.load(Ordering::SeqCst), 1);
+
+    // Idle past the cluster's idle timeout: the node closes it, with no
+    // request coming to notice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle upstream connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client connections are still fine; the next request opens anew.
+    let a = get1(&mut c1, "localhost", "/again").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(line(&a.body, "path"), "/again");
+    assert_eq!(accepts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn tls13_prefers_aes128_gcm_over_the_clients_first_choice() {
+    let cert = test_cert(&["localhost"]);
+    let app = echo_app("a").await;
+    let snap = snapshot(
+        1,
+        &cert,
+        vec![cluster("a", &[app], false)],
+        vec![route("all", "", "/", "a")],
+    );
+    let n = start_node(&snap, ProxyProtocolMode::Optional).await;
+    // rustls' client lists AES-256-GCM-SHA384 first.
+    let tls = tls_connect(n.addr, None, &[b"http/1.1"], &cert)
+        .await
+        .expect("tls");
+    let (_, conn) = tls.get_ref();
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
 }

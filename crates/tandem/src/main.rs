@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod certs;
 mod demo_app;
 mod up;
+mod vip;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ struct Cli {
         env = "TANDEM_LOG_FORMAT"
     )]
     log_format: LogFormatArg,
+    /// Runtime worker threads. 1 runs a single-threaded runtime (no work
+    /// stealing); default: one per available core (1 on a single core).
+    #[arg(long, global = true, env = "TANDEM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,9 +72,24 @@ struct ControlArgs {
     /// Admin endpoint (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Where the durable state lives.
+    /// Where the durable state lives (`--store redb`).
     #[arg(long, default_value = ".tandem/control")]
     data_dir: PathBuf,
+    /// State store: `redb` (embedded, in --data-dir) or `etcd` (shared by
+    /// several control instances).
+    #[arg(long, value_enum, default_value = "redb")]
+    store: StoreKind,
+    /// etcd client URLs (`--store etcd`), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URLS"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the state in etcd.
+    #[arg(long, default_value = "/tandem", value_name = "PREFIX")]
+    etcd_prefix: String,
     /// Admin bearer tokens, one per line (`TOKEN` or `NAME TOKEN`). With
     /// neither token file, auth is off.
     #[arg(long, value_name = "FILE")]
@@ -77,10 +97,32 @@ struct ControlArgs {
     /// Subscriber (director, node) bearer tokens, one per line.
     #[arg(long, value_name = "FILE")]
     subscriber_token_file: Option<PathBuf>,
+    /// TLS on the gRPC port: the server certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA of client certificates (mTLS). Identity from the SAN URI:
+    /// spiffe://tandem/admin/NAME or spiffe://tandem/subscriber/ID. Without
+    /// token files a certificate is required; with them either is enough.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// With --client-ca and token files: require a client certificate and a
+    /// token.
+    #[arg(long, requires = "client_ca")]
+    require_cert_and_token: bool,
     /// Hours between rotations of the nodes' shared TLS session ticket keys
     /// (made by control, so a client resumes on any node); 0 turns it off.
     #[arg(long, default_value_t = 12)]
     ticket_key_rotation_hours: u64,
+}
+
+/// Backend of the control state (`tandem control --store`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum StoreKind {
+    Redb,
+    Etcd,
 }
 
 /// Where a director or a node gets its config: a control service, or a
@@ -100,6 +142,16 @@ struct SourceArgs {
     /// first line).
     #[arg(long, value_name = "FILE", env = "TANDEM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// CA that signed control's certificate (for https:// control URLs).
+    #[arg(long, value_name = "FILE", env = "TANDEM_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
+    /// Client certificate for mTLS to control (SAN URI
+    /// spiffe://tandem/subscriber/ID).
+    #[arg(long, value_name = "FILE", env = "TANDEM_CONTROL_CERT")]
+    control_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, value_name = "FILE", env = "TANDEM_CONTROL_KEY")]
+    control_key: Option<PathBuf>,
     /// Run from a static config file instead of a control service: the
     /// `tandemctl apply -f` format (a director reads services and nodes; a
     /// node certificates, clusters and routes, and reloads it on SIGHUP).
@@ -154,6 +206,109 @@ struct DirectorArgs {
     /// Accept loops (SO_REUSEPORT sockets) per VIP; default one per core.
     #[arg(long)]
     accept_loops: Option<usize>,
+    #[command(flatten)]
+    xdp: XdpDirectorArgs,
+}
+
+/// How a director forwards.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DirectorModeArg {
+    /// Terminate TCP on the VIP and relay to a node with PROXY v2.
+    Proxy,
+    /// Forward packets with an XDP program (L2 DSR, IPIP or GUE); nodes
+    /// answer clients directly.
+    Xdp,
+}
+
+/// XDP attach mode.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+enum XdpAttachArg {
+    #[default]
+    /// In the driver (fastest; veth, most NICs).
+    Native,
+    /// In the generic (skb) path: any interface.
+    Generic,
+}
+
+impl From<XdpAttachArg> for xdp::AttachMode {
+    fn from(a: XdpAttachArg) -> Self {
+        match a {
+            XdpAttachArg::Native => xdp::AttachMode::Native,
+            XdpAttachArg::Generic => xdp::AttachMode::Generic,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct XdpDirectorArgs {
+    /// `proxy` relays connections; `xdp` forwards packets (needs root and
+    /// --xdp-interface).
+    #[arg(long, value_enum, default_value = "proxy")]
+    mode: DirectorModeArg,
+    /// xdp mode: the interface VIP traffic arrives on and leaves by.
+    #[arg(long, value_name = "IF", required_if_eq("mode", "xdp"))]
+    xdp_interface: Option<String>,
+    /// xdp mode: where the program runs.
+    #[arg(long, value_enum, default_value = "native")]
+    xdp_attach: XdpAttachArg,
+    /// xdp mode, IPIP/GUE: outer source address (one IPv4 and/or one IPv6;
+    /// repeat or separate with commas).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    xdp_tunnel_source: Vec<std::net::IpAddr>,
+    /// xdp mode: largest packet the director->node link carries; bigger
+    /// encapsulated packets get ICMP "fragmentation needed" to the client.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..))]
+    xdp_mtu: u16,
+    /// xdp mode: largest Maglev table size a service may use.
+    #[arg(long, default_value_t = 65_537)]
+    xdp_max_table_size: u32,
+    /// xdp mode: most services (VIPs).
+    #[arg(long, default_value_t = 64)]
+    xdp_max_vips: u32,
+    /// xdp mode: size of the node map (one entry stays unused: where an
+    /// empty pool's slots point).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(2..))]
+    xdp_max_nodes: u32,
+    /// xdp mode: entries of the connection-tracking flow table.
+    #[arg(long, default_value_t = 1 << 20)]
+    xdp_flow_table_size: u32,
+}
+
+impl XdpDirectorArgs {
+    /// The xdp-mode settings, or None in proxy mode.
+    fn config(&self) -> Result<Option<director::XdpConfig>> {
+        if self.mode == DirectorModeArg::Proxy {
+            return Ok(None);
+        }
+        let interface = self
+            .xdp_interface
+            .clone()
+            .context("--mode xdp needs --xdp-interface IF")?;
+        let mut c = director::XdpConfig::new(interface);
+        c.attach = self.xdp_attach.into();
+        c.options.mtu = self.xdp_mtu;
+        c.options.max_table_size = self.xdp_max_table_size;
+        c.options.max_vips = self.xdp_max_vips;
+        c.options.max_nodes = self.xdp_max_nodes;
+        c.options.flow_table_size = self.xdp_flow_table_size;
+        for ip in &self.xdp_tunnel_source {
+            match ip {
+                std::net::IpAddr::V4(v4) => {
+                    anyhow::ensure!(
+                        c.options.tunnel_source_v4.replace(*v4).is_none(),
+                        "--xdp-tunnel-source: more than one IPv4 address"
+                    );
+                }
+                std::net::IpAddr::V6(v6) => {
+                    anyhow::ensure!(
+                        c.options.tunnel_source_v6.replace(*v6).is_none(),
+                        "--xdp-tunnel-source: more than one IPv6 address"
+                    );
+                }
+            }
+        }
+        Ok(Some(c))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -181,6 +336,8 @@ struct NodeArgs {
     /// Seconds in-flight requests may take to finish after a stop is asked for.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    #[command(flatten)]
+    vip: vip::VipArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -262,10 +419,17 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mut builder = if cores == 1 || std::env::var_os("TANDEM_SINGLE_THREAD").is_some() {
+    let threads = match cli.worker_threads {
+        Some(n) => usize::from(n),
+        None if std::env::var_os("TANDEM_SINGLE_THREAD").is_some() => 1,
+        None => cores,
+    };
+    let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     };
     let rt = builder
         .enable_all()
@@ -283,8 +447,25 @@ async fn async_main(command: Command) -> Result<()> {
                 listen: a.listen,
                 admin_listen: a.admin_listen,
                 data_dir: a.data_dir,
+                store: match a.store {
+                    StoreKind::Redb => control::StoreConfig::Redb,
+                    StoreKind::Etcd => control::StoreConfig::Etcd(control::EtcdConfig {
+                        endpoints: a.etcd_endpoints,
+                        prefix: a.etcd_prefix,
+                        ..control::EtcdConfig::default()
+                    }),
+                },
                 admin_token_file: a.admin_token_file,
                 subscriber_token_file: a.subscriber_token_file,
+                tls: match (a.tls_cert, a.tls_key) {
+                    (Some(cert), Some(key)) => Some(control::TlsFiles {
+                        cert,
+                        key,
+                        client_ca: a.client_ca,
+                    }),
+                    _ => None,
+                },
+                require_client_cert_and_token: a.require_cert_and_token,
                 ticket_key_rotation: (a.ticket_key_rotation_hours > 0)
                     .then(|| Duration::from_secs(a.ticket_key_rotation_hours * 3600)),
                 ..control::ControlConfig::default()
@@ -312,9 +493,17 @@ async fn async_main(command: Command) -> Result<()> {
             if let Some(n) = a.accept_loops {
                 config.accept_loops = n.max(1);
             }
+            config.xdp = a.xdp.config()?;
+            if config.xdp.is_some() && !nix::unistd::geteuid().is_root() {
+                anyhow::bail!(
+                    "--mode xdp needs root (loading BPF programs and attaching XDP needs \
+                     CAP_BPF, CAP_NET_ADMIN and locked memory)"
+                );
+            }
             let source = match &a.source.config {
                 Some(path) => director::ConfigSource::Static(Box::new(load_static(path)?)),
                 None => director::ConfigSource::Control {
+                    tls: client_tls(&a.source)?,
                     endpoints: a.source.control,
                     token: read_token(a.source.token_file.as_deref())?,
                 },
@@ -344,16 +533,32 @@ async fn async_main(command: Command) -> Result<()> {
             let source = match a.source.config {
                 Some(path) => NodeSource::Static(path),
                 None => NodeSource::Control {
+                    tls: client_tls(&a.source)?,
                     endpoints: a.source.control,
                     token: read_token(a.source.token_file.as_deref())?,
                 },
             };
-            run_node(config, a.plain_listen, source, shutdown).await?;
+            // VIPs on lo and the decap program, for a director in xdp mode;
+            // undone when this guard drops (after the node has drained).
+            let vips = vip::setup(&a.vip, config.listen).context("node VIP setup")?;
+            let result = run_node(config, a.plain_listen, source, shutdown).await;
+            drop(vips);
+            result?;
         }
         Command::Up(a) => up::run(a, shutdown).await?,
         Command::DemoApp(a) => demo_app::run(a, shutdown).await?,
     }
     Ok(())
+}
+
+/// The TLS material for control from `--control-ca/--control-cert/--control-key`.
+fn client_tls(source: &SourceArgs) -> Result<Option<control_api::tls::ClientTls>> {
+    control_api::tls::ClientTls::from_files(
+        source.control_ca.as_deref(),
+        source.control_cert.as_deref(),
+        source.control_key.as_deref(),
+    )
+    .context("control TLS settings")
 }
 
 fn read_token(path: Option<&std::path::Path>) -> Result<Option<String>> {
@@ -378,6 +583,7 @@ enum NodeSource {
     Control {
         endpoints: Vec<String>,
         token: Option<String>,
+        tls: Option<control_api::tls::ClientTls>,
     },
 }
 
@@ -441,6 +647,7 @@ async fn run_node(
         NodeSource::Control {
             mut endpoints,
             token,
+            tls,
         } => {
             anyhow::ensure!(!endpoints.is_empty(), "no control endpoint");
             let endpoint = endpoints.remove(0);
@@ -453,6 +660,7 @@ async fn run_node(
                 token,
                 reports: None,
                 fallback_endpoints: endpoints,
+                tls,
             };
             let applier = node.clone();
             tokio::spawn(control_api::watch::run_with_options(

@@ -430,6 +430,7 @@ async fn seed(
             cert_chain_pem: chain,
             private_key_pem: key,
             default: true,
+            private_key_fingerprint: String::new(),
         })));
     }
     for (name, pp) in [("demo", false), ("demo-pp", true)] {

@@ -3,6 +3,7 @@
 //! applied.
 #![forbid(unsafe_code)]
 
+mod edit;
 mod table;
 mod target;
 
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use edit::{Res, changed};
 use table::Table;
 
 #[derive(Parser, Debug)]
@@ -31,6 +33,16 @@ struct Cli {
     /// File holding the bearer token (else $TANDEM_TOKEN_FILE, else `token_file` in .tandem/tandemctl.toml).
     #[arg(long, global = true, env = "TANDEM_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// CA that signed control's certificate, for https:// (else $TANDEM_CA, else `ca` in .tandem/tandemctl.toml).
+    #[arg(long, global = true, env = "TANDEM_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate for mTLS, SAN URI spiffe://tandem/admin/NAME (else $TANDEM_CERT, else `cert` in the config file).
+    /// Not `--cert`: `cert add --cert` names the certificate being added.
+    #[arg(long = "client-cert", global = true, env = "TANDEM_CERT")]
+    client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (else $TANDEM_KEY, else `key` in the config file).
+    #[arg(long = "client-key", global = true, env = "TANDEM_KEY")]
+    client_key: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -42,6 +54,7 @@ struct Cli {
 enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,7 +93,8 @@ enum Command {
     },
     /// Make the state look like a TOML document, in one batch; prints the diff.
     Apply {
-        /// The desired state (see `tandemctl state export` for the format).
+        /// The desired state, TOML or YAML (by extension, else by content;
+        /// see `tandemctl state export` for the format).
         #[arg(short = 'f', long = "file")]
         file: std::path::PathBuf,
         /// Show the diff only; change nothing.
@@ -99,6 +113,8 @@ enum Command {
 enum StateFormat {
     /// The declarative TOML document.
     Toml,
+    /// The same document in YAML.
+    Yaml,
     /// The binary protobuf Snapshot.
     Pb,
 }
@@ -116,7 +132,8 @@ enum StateCmd {
     /// Replace the whole state with a backup, in one batch.
     Import {
         file: std::path::PathBuf,
-        /// Default: pb for a `.pb` file, else toml.
+        /// Default: pb for a `.pb` file, else the TOML or YAML document
+        /// (by extension, else by content).
         #[arg(long, value_enum)]
         format: Option<StateFormat>,
         /// Show the diff only; change nothing.
@@ -141,6 +158,21 @@ enum RouteCmd {
         /// Path prefix, starting with `/`.
         #[arg(long, default_value = "/")]
         path_prefix: String,
+    },
+    /// Show one route.
+    Get { name: String },
+    /// Change fields of a route in place.
+    Set {
+        name: String,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        path_prefix: Option<String>,
+        /// Refuse (conflict) unless the state is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
     },
     /// Remove a route.
     Remove { name: String },
@@ -176,6 +208,24 @@ enum ClusterCmd {
         #[arg(long, value_enum, default_value = "none")]
         proxy_protocol: UpstreamProxyArg,
     },
+    /// Show one cluster.
+    Get { name: String },
+    /// Change fields of a cluster in place.
+    Set {
+        name: String,
+        /// Replaces the endpoints: `IP:PORT` or `IP:PORT=WEIGHT`, repeat.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        #[arg(long, value_enum)]
+        lb: Option<LbArg>,
+        #[arg(long, value_enum)]
+        proxy_protocol: Option<UpstreamProxyArg>,
+        #[arg(long)]
+        connect_timeout_ms: Option<u32>,
+        /// Refuse (conflict) unless the state is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
     /// Remove a cluster (refused while a route uses it).
     Remove { name: String },
 }
@@ -204,9 +254,52 @@ enum ServiceCmd {
         table_size: u32,
         #[arg(long, value_enum, default_value = "five-tuple")]
         hash: HashArg,
+        /// How an XDP director forwards to the nodes.
+        #[arg(long, value_enum, default_value = "l2-dsr")]
+        xdp_forwarding: XdpArg,
+    },
+    /// Show one service.
+    Get { name: String },
+    /// Change fields of a service in place.
+    Set {
+        name: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        table_size: Option<u32>,
+        #[arg(long, value_enum)]
+        hash: Option<HashArg>,
+        #[arg(long, value_enum)]
+        xdp_forwarding: Option<XdpArg>,
+        /// Refuse (conflict) unless the state is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
     },
     /// Remove a service.
     Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum XdpArg {
+    /// Rewrite the MAC, same L2 segment (default).
+    #[value(name = "l2-dsr", alias = "l2_dsr")]
+    L2Dsr,
+    /// IP-in-IP to the node's tunnel address.
+    Ipip,
+    /// GUE (UDP) to the node's tunnel address.
+    Gue,
+}
+
+impl XdpArg {
+    fn pb(self) -> i32 {
+        (match self {
+            XdpArg::L2Dsr => pb::XdpForwarding::L2Dsr,
+            XdpArg::Ipip => pb::XdpForwarding::Ipip,
+            XdpArg::Gue => pb::XdpForwarding::Gue,
+        }) as i32
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,8 +322,33 @@ enum CertCmd {
         #[arg(long)]
         default: bool,
     },
+    /// Show one certificate (the key only as its fingerprint).
+    Get { name: String },
+    /// Change a certificate in place (a new chain needs its key too).
+    Set {
+        name: String,
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
+        /// Replaces the SNI names; repeat.
+        #[arg(long = "sni")]
+        sni: Vec<String>,
+        #[arg(long)]
+        default: Option<bool>,
+        /// Refuse (conflict) unless the state is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
     /// Remove a certificate.
     Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StateArg {
+    Active,
+    Draining,
+    Disabled,
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +368,35 @@ enum NodeCmd {
         weight: u32,
         #[arg(long, default_value = "default")]
         pool: String,
+        /// The node's MAC (XDP l2_dsr forwarding), aa:bb:cc:dd:ee:ff.
+        #[arg(long, default_value = "")]
+        mac: String,
+        /// The node's tunnel address (XDP ipip/gue forwarding).
+        #[arg(long, default_value = "")]
+        tunnel_address: String,
+    },
+    /// Show one node.
+    Get { id: String },
+    /// Change fields of a node in place.
+    Set {
+        id: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        admin_address: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        tunnel_address: Option<String>,
+        /// Refuse (conflict) unless the state is still at this version.
+        #[arg(long)]
+        if_version: Option<u64>,
     },
     /// Keep the node's flows, send it no new ones.
     Drain { id: String },
@@ -291,7 +438,12 @@ async fn run(cli: Cli) -> Result<()> {
         Some(path) => Some(control_api::auth::read_token_file(&path)?),
         None => None,
     };
-    let ctl = Ctl::connect(url, cli.output, token.as_deref()).await?;
+    let tls = control_api::tls::ClientTls::from_files(
+        target::tls_file(cli.ca.clone(), "ca", &cwd)?.as_deref(),
+        target::tls_file(cli.client_cert.clone(), "cert", &cwd)?.as_deref(),
+        target::tls_file(cli.client_key.clone(), "key", &cwd)?.as_deref(),
+    )?;
+    let ctl = Ctl::connect(url, cli.output, token.as_deref(), tls.as_ref()).await?;
     match cli.command {
         Command::Status => ctl.status().await,
         Command::Node(cmd) => ctl.node(cmd).await,
@@ -311,7 +463,7 @@ async fn run(cli: Cli) -> Result<()> {
             dry_run,
             prune,
         } => {
-            let desired = control_api::config::load_file(&file)?;
+            let desired = edit::load_document(&file)?;
             ctl.apply_desired(&desired, prune, dry_run).await
         }
         Command::State(StateCmd::Export { format, out }) => ctl.export(format, out).await,
@@ -326,7 +478,7 @@ async fn run(cli: Cli) -> Result<()> {
                 StateFormat::Toml
             });
             let desired = match format {
-                StateFormat::Toml => control_api::config::load_file(&file)?,
+                StateFormat::Toml | StateFormat::Yaml => edit::load_document(&file)?,
                 StateFormat::Pb => {
                     use prost::Message;
                     let bytes = std::fs::read(&file)
@@ -376,12 +528,14 @@ const MAX_MESSAGE: usize = 64 << 20;
 const ATTEMPTS: usize = 3;
 
 impl Ctl {
-    async fn connect(url: String, output: Output, token: Option<&str>) -> Result<Self> {
+    async fn connect(
+        url: String,
+        output: Output,
+        token: Option<&str>,
+        tls: Option<&control_api::tls::ClientTls>,
+    ) -> Result<Self> {
         let auth = BearerInterceptor::optional(token).map_err(|e| anyhow!("the token: {e}"))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| anyhow!("invalid control URL {url:?}: {}", root_cause(&e)))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
+        let endpoint = control_api::tls::endpoint(&url, tls)?.timeout(Duration::from_secs(30));
         let channel = endpoint
             .connect()
             .await
@@ -404,6 +558,19 @@ impl Ctl {
         use tonic::Code;
         let msg = s.message();
         match s.code() {
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+                if std::error::Error::source(s).is_some() =>
+            {
+                // A transport failure, e.g. a TLS handshake refused after
+                // it seemed done: the cause is in the source chain.
+                let cause = std::error::Error::source(s)
+                    .map(control_api::tls::error_chain)
+                    .unwrap_or_default();
+                anyhow!(
+                    "connection to control at {} failed: {cause} (with mTLS: is a client certificate given, signed by control's client CA?)",
+                    self.url
+                )
+            }
             Code::InvalidArgument => anyhow!("invalid argument: {msg}"),
             Code::NotFound => anyhow!("not found: {msg}"),
             Code::AlreadyExists => anyhow!("already exists: {msg}"),
@@ -443,8 +610,13 @@ impl Ctl {
             .map_err(|s| self.rpc_error(&s))
     }
 
+    /// Prints `v` as JSON, or as YAML with `-o yaml`.
     fn print_json(&self, v: &Value) -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        if self.output == Output::Yaml {
+            print!("{}", serde_norway::to_string(v)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        }
         Ok(())
     }
 
@@ -477,7 +649,7 @@ impl Ctl {
                 (true, false) => ("down", down.join("; ")),
             }
         };
-        if self.output == Output::Json {
+        if self.output != Output::Table {
             let nodes: Vec<Value> = state
                 .nodes
                 .iter()
@@ -615,7 +787,7 @@ impl Ctl {
                 )
             })
             .collect();
-        if self.output == Output::Json {
+        if self.output != Output::Table {
             let nodes: Vec<Value> = rows
                 .iter()
                 .map(|(id, st, w, slots)| {
@@ -748,21 +920,22 @@ impl Ctl {
                 (j, t)
             }
             Kind::Cert => {
-                let mut t = Table::new(&["NAME", "SNI", "DEFAULT"]);
+                let mut t = Table::new(&["NAME", "SNI", "DEFAULT", "KEY-FINGERPRINT"]);
                 let mut j = Vec::new();
                 for c in &s.certificates {
                     t.row(vec![
                         c.name.clone(),
                         c.sni_names.join(","),
                         yes_no(c.default),
+                        c.private_key_fingerprint.clone(),
                     ]);
-                    j.push(json!({"name": c.name, "sni_names": c.sni_names, "default": c.default}));
+                    j.push(json!({"name": c.name, "sni_names": c.sni_names, "default": c.default, "private_key_fingerprint": c.private_key_fingerprint}));
                 }
                 (j, t)
             }
         };
         match self.output {
-            Output::Json => self.print_json(&Value::Array(json)),
+            Output::Json | Output::Yaml => self.print_json(&Value::Array(json)),
             Output::Table => {
                 print!("{}", table.render());
                 Ok(())
@@ -774,7 +947,7 @@ impl Ctl {
         match cmd {
             NodeCmd::List => {
                 let s = self.get_state().await?;
-                if self.output == Output::Json {
+                if self.output != Output::Table {
                     let v: Vec<Value> = s.nodes.iter().map(node_json).collect();
                     return self.print_json(&Value::Array(v));
                 }
@@ -799,6 +972,8 @@ impl Ctl {
                 admin_address,
                 weight,
                 pool,
+                mac,
+                tunnel_address,
             } => {
                 let node = pb::Node {
                     id: id.clone(),
@@ -807,11 +982,69 @@ impl Ctl {
                     weight,
                     state: NodeState::Active as i32,
                     pool,
-                    ..Default::default()
+                    mac,
+                    tunnel_address,
                 };
                 self.modify_node(&id.clone(), move |existing| match existing {
                     Some(_) => bail!("node {id:?} already exists"),
                     None => Ok(Edit::Put(node.clone(), "added".into())),
+                })
+                .await
+            }
+            NodeCmd::Get { id } => self.get_one(Res::Node, &id).await,
+            NodeCmd::Set {
+                id,
+                address,
+                admin_address,
+                weight,
+                pool,
+                state,
+                mac,
+                tunnel_address,
+                if_version,
+            } => {
+                let state = state.map(|s| {
+                    (match s {
+                        StateArg::Active => NodeState::Active,
+                        StateArg::Draining => NodeState::Draining,
+                        StateArg::Disabled => NodeState::Disabled,
+                    }) as i32
+                });
+                self.set_one(Res::Node, &id.clone(), if_version, move |s| {
+                    let mut n = s
+                        .nodes
+                        .iter()
+                        .find(|n| n.id == id)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not found: no node {id:?}"))?;
+                    let mut what = Vec::new();
+                    changed(&mut what, "address", &mut n.address, address.clone());
+                    changed(
+                        &mut what,
+                        "admin_address",
+                        &mut n.admin_address,
+                        admin_address.clone(),
+                    );
+                    changed(&mut what, "weight", &mut n.weight, weight);
+                    changed(&mut what, "pool", &mut n.pool, pool.clone());
+                    if let Some(st) = state
+                        && st != n.state
+                    {
+                        what.push(format!(
+                            "state: {} -> {}",
+                            node_state(n.state),
+                            node_state(st)
+                        ));
+                        n.state = st;
+                    }
+                    changed(&mut what, "mac", &mut n.mac, mac.clone());
+                    changed(
+                        &mut what,
+                        "tunnel_address",
+                        &mut n.tunnel_address,
+                        tunnel_address.clone(),
+                    );
+                    Ok((change::Change::PutNode(n), what))
                 })
                 .await
             }
@@ -909,7 +1142,7 @@ impl Ctl {
             match self.admin().apply(req).await {
                 Ok(r) => {
                     let version = r.into_inner().version;
-                    if self.output == Output::Json {
+                    if self.output != Output::Table {
                         return self.print_json(&json!({
                             "kind": label, "name": name, "action": what, "version": version,
                         }));
@@ -955,6 +1188,34 @@ impl Ctl {
                 )
                 .await
             }
+            RouteCmd::Get { name } => self.get_one(Res::Route, &name).await,
+            RouteCmd::Set {
+                name,
+                cluster,
+                host,
+                path_prefix,
+                if_version,
+            } => {
+                self.set_one(Res::Route, &name.clone(), if_version, move |s| {
+                    let mut r = s
+                        .routes
+                        .iter()
+                        .find(|r| r.name == name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not found: no route {name:?}"))?;
+                    let mut what = Vec::new();
+                    changed(&mut what, "cluster", &mut r.cluster, cluster.clone());
+                    changed(&mut what, "host", &mut r.host, host.clone());
+                    changed(
+                        &mut what,
+                        "path_prefix",
+                        &mut r.path_prefix,
+                        path_prefix.clone(),
+                    );
+                    Ok((change::Change::PutRoute(r), what))
+                })
+                .await
+            }
             RouteCmd::Remove { name } => {
                 let c = Self::delete(ResourceKind::Route, &name);
                 self.put_or_delete(ResourceKind::Route, &name, c, true, "removed")
@@ -972,33 +1233,11 @@ impl Ctl {
                 lb,
                 proxy_protocol,
             } => {
-                let endpoints = endpoints
-                    .iter()
-                    .map(|e| {
-                        let (address, weight) = match e.split_once('=') {
-                            Some((a, w)) => {
-                                let w = w.parse::<u32>().map_err(|_| {
-                                    anyhow!("--endpoint {e:?}: weight is not a number")
-                                })?;
-                                (a.to_string(), w)
-                            }
-                            None => (e.clone(), 1),
-                        };
-                        Ok(pb::Endpoint { address, weight })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
                 let c = pb::Cluster {
                     name: name.clone(),
-                    endpoints,
-                    lb_policy: match lb {
-                        LbArg::RoundRobin => pb::LbPolicy::RoundRobin,
-                        LbArg::LeastRequest => pb::LbPolicy::LeastRequest,
-                        LbArg::ConsistentHash => pb::LbPolicy::ConsistentHash,
-                    } as i32,
-                    proxy_protocol: match proxy_protocol {
-                        UpstreamProxyArg::None => pb::UpstreamProxyProtocol::None,
-                        UpstreamProxyArg::V2 => pb::UpstreamProxyProtocol::V2,
-                    } as i32,
+                    endpoints: parse_endpoints(&endpoints)?,
+                    lb_policy: lb.pb(),
+                    proxy_protocol: proxy_protocol.pb(),
                     ..Default::default()
                 };
                 self.put_or_delete(
@@ -1008,6 +1247,55 @@ impl Ctl {
                     false,
                     "added",
                 )
+                .await
+            }
+            ClusterCmd::Get { name } => self.get_one(Res::Cluster, &name).await,
+            ClusterCmd::Set {
+                name,
+                endpoints,
+                lb,
+                proxy_protocol,
+                connect_timeout_ms,
+                if_version,
+            } => {
+                let endpoints = if endpoints.is_empty() {
+                    None
+                } else {
+                    Some(parse_endpoints(&endpoints)?)
+                };
+                self.set_one(Res::Cluster, &name.clone(), if_version, move |s| {
+                    let mut c = s
+                        .clusters
+                        .iter()
+                        .find(|c| c.name == name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not found: no cluster {name:?}"))?;
+                    let mut what = Vec::new();
+                    if let Some(e) = &endpoints
+                        && *e != c.endpoints
+                    {
+                        what.push(format!(
+                            "endpoints: {} -> {}",
+                            endpoints_text(&c.endpoints),
+                            endpoints_text(e)
+                        ));
+                        c.endpoints = e.clone();
+                    }
+                    changed(&mut what, "lb_policy", &mut c.lb_policy, lb.map(LbArg::pb));
+                    changed(
+                        &mut what,
+                        "proxy_protocol",
+                        &mut c.proxy_protocol,
+                        proxy_protocol.map(UpstreamProxyArg::pb),
+                    );
+                    changed(
+                        &mut what,
+                        "connect_timeout_ms",
+                        &mut c.connect_timeout_ms,
+                        connect_timeout_ms,
+                    );
+                    Ok((change::Change::PutCluster(c), what))
+                })
                 .await
             }
             ClusterCmd::Remove { name } => {
@@ -1027,17 +1315,15 @@ impl Ctl {
                 pool,
                 table_size,
                 hash,
+                xdp_forwarding,
             } => {
                 let svc = pb::Service {
+                    xdp_forwarding: xdp_forwarding.pb(),
                     name: name.clone(),
                     address,
                     table_size,
-                    hash: match hash {
-                        HashArg::FiveTuple => pb::HashFields::FiveTuple,
-                        HashArg::SourceIp => pb::HashFields::SourceIp,
-                    } as i32,
+                    hash: hash.pb(),
                     node_pool: pool,
-                    ..Default::default()
                 };
                 self.put_or_delete(
                     ResourceKind::Service,
@@ -1046,6 +1332,38 @@ impl Ctl {
                     false,
                     "added",
                 )
+                .await
+            }
+            ServiceCmd::Get { name } => self.get_one(Res::Service, &name).await,
+            ServiceCmd::Set {
+                name,
+                address,
+                pool,
+                table_size,
+                hash,
+                xdp_forwarding,
+                if_version,
+            } => {
+                self.set_one(Res::Service, &name.clone(), if_version, move |s| {
+                    let mut v = s
+                        .services
+                        .iter()
+                        .find(|v| v.name == name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not found: no service {name:?}"))?;
+                    let mut what = Vec::new();
+                    changed(&mut what, "address", &mut v.address, address.clone());
+                    changed(&mut what, "node_pool", &mut v.node_pool, pool.clone());
+                    changed(&mut what, "table_size", &mut v.table_size, table_size);
+                    changed(&mut what, "hash", &mut v.hash, hash.map(HashArg::pb));
+                    changed(
+                        &mut what,
+                        "xdp_forwarding",
+                        &mut v.xdp_forwarding,
+                        xdp_forwarding.map(XdpArg::pb),
+                    );
+                    Ok((change::Change::PutService(v), what))
+                })
                 .await
             }
             ServiceCmd::Remove { name } => {
@@ -1075,6 +1393,7 @@ impl Ctl {
                     cert_chain_pem: read(&cert)?,
                     private_key_pem: read(&key)?,
                     default,
+                    ..Default::default()
                 };
                 self.put_or_delete(
                     ResourceKind::Certificate,
@@ -1083,6 +1402,46 @@ impl Ctl {
                     false,
                     "added",
                 )
+                .await
+            }
+            CertCmd::Get { name } => self.get_one(Res::Cert, &name).await,
+            CertCmd::Set {
+                name,
+                cert,
+                key,
+                sni,
+                default,
+                if_version,
+            } => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read_to_string(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))
+                };
+                let chain = cert.as_deref().map(read).transpose()?;
+                let key = key.as_deref().map(read).transpose()?;
+                let sni = (!sni.is_empty()).then_some(sni);
+                self.set_one(Res::Cert, &name.clone(), if_version, move |s| {
+                    let mut c = s
+                        .certificates
+                        .iter()
+                        .find(|c| c.name == name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not found: no certificate {name:?}"))?;
+                    let mut what = Vec::new();
+                    // Empty: control keeps the key it has.
+                    c.private_key_pem.clear();
+                    let old_fp = std::mem::take(&mut c.private_key_fingerprint);
+                    if let (Some(chain), Some(key)) = (&chain, &key) {
+                        let new_fp = control_api::config::key_fingerprint(key);
+                        if *chain != c.cert_chain_pem || new_fp != old_fp {
+                            what.push(format!("key: {old_fp} -> {new_fp}"));
+                            c.cert_chain_pem = chain.clone();
+                            c.private_key_pem = key.clone();
+                        }
+                    }
+                    changed(&mut what, "sni_names", &mut c.sni_names, sni.clone());
+                    changed(&mut what, "default", &mut c.default, default);
+                    Ok((change::Change::PutCertificate(c), what))
+                })
                 .await
             }
             CertCmd::Remove { name } => {
@@ -1148,7 +1507,7 @@ impl Ctl {
         changed: bool,
     ) -> Result<()> {
         match self.output {
-            Output::Json => self.print_json(&json!({
+            Output::Json | Output::Yaml => self.print_json(&json!({
                 "id": id,
                 "change": what,
                 "changed": changed,
@@ -1189,6 +1548,7 @@ impl Ctl {
             let s = item.map_err(|s| self.rpc_error(&s))?;
             match self.output {
                 Output::Json => println!("{}", serde_json::to_string(&summary_json(&s))?),
+                Output::Yaml => print!("---\n{}", serde_norway::to_string(&summary_json(&s))?),
                 Output::Table => println!("{}", summary_line(&s)),
             }
             let ack = pb::WatchRequest {
@@ -1214,7 +1574,7 @@ impl Ctl {
             .map_err(|s| self.rpc_error(&s))?
             .into_inner()
             .records;
-        if self.output == Output::Json {
+        if self.output != Output::Table {
             let v: Vec<Value> = records
                 .iter()
                 .map(|r| {
@@ -1287,7 +1647,7 @@ impl Ctl {
         dry_run: bool,
         what: &str,
     ) -> Result<()> {
-        if self.output == Output::Json {
+        if self.output != Output::Table {
             return self.print_json(&json!({
                 "diff": lines,
                 "changed": changed,
@@ -1317,6 +1677,14 @@ impl Ctl {
                     )
                     .map_err(|e| anyhow!("{e}"))?,
                 );
+                text.into_bytes()
+            }
+            StateFormat::Yaml => {
+                let mut text = format!(
+                    "# Tandem state, version {}, exported from {}.\n# Holds private keys: keep it secret.\n",
+                    state.version, self.url
+                );
+                text.push_str(&edit::to_yaml(&state, control_api::config::Keys::Include)?);
                 text.into_bytes()
             }
             StateFormat::Pb => {
@@ -1456,4 +1824,58 @@ fn sync_mark(s: Option<&SubscriberStatus>, version: u64) -> String {
         Some(_) => "behind".into(),
         None => "never seen".into(),
     }
+}
+
+impl LbArg {
+    fn pb(self) -> i32 {
+        (match self {
+            LbArg::RoundRobin => pb::LbPolicy::RoundRobin,
+            LbArg::LeastRequest => pb::LbPolicy::LeastRequest,
+            LbArg::ConsistentHash => pb::LbPolicy::ConsistentHash,
+        }) as i32
+    }
+}
+
+impl UpstreamProxyArg {
+    fn pb(self) -> i32 {
+        (match self {
+            UpstreamProxyArg::None => pb::UpstreamProxyProtocol::None,
+            UpstreamProxyArg::V2 => pb::UpstreamProxyProtocol::V2,
+        }) as i32
+    }
+}
+
+impl HashArg {
+    fn pb(self) -> i32 {
+        (match self {
+            HashArg::FiveTuple => pb::HashFields::FiveTuple,
+            HashArg::SourceIp => pb::HashFields::SourceIp,
+        }) as i32
+    }
+}
+
+/// `--endpoint IP:PORT[=WEIGHT]` values.
+fn parse_endpoints(endpoints: &[String]) -> Result<Vec<pb::Endpoint>> {
+    endpoints
+        .iter()
+        .map(|e| {
+            let (address, weight) = match e.split_once('=') {
+                Some((a, w)) => {
+                    let w = w
+                        .parse::<u32>()
+                        .map_err(|_| anyhow!("--endpoint {e:?}: weight is not a number"))?;
+                    (a.to_string(), w)
+                }
+                None => (e.clone(), 1),
+            };
+            Ok(pb::Endpoint { address, weight })
+        })
+        .collect()
+}
+
+fn endpoints_text(e: &[pb::Endpoint]) -> String {
+    e.iter()
+        .map(|e| format!("{}*{}", e.address, e.weight.max(1)))
+        .collect::<Vec<_>>()
+        .join(",")
 }

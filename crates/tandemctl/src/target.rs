@@ -2,6 +2,8 @@
 //! `.tandem/tandemctl.toml` in the current directory, else the default.
 //! The token likewise: `--token-file`, else `TANDEM_TOKEN_FILE`, else
 //! `token_file` in that file (relative to the file's directory), else none.
+//! TLS files likewise: `--ca/--client-cert/--client-key`, else `TANDEM_CA`/`TANDEM_CERT`/
+//! `TANDEM_KEY`, else `ca`/`cert`/`key` in that file.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,9 @@ pub const CONFIG_FILE: &str = ".tandem/tandemctl.toml";
 struct FileConfig {
     control: Option<String>,
     token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 fn read_config(cwd: &Path) -> Result<Option<FileConfig>> {
@@ -38,6 +43,23 @@ pub fn token_file(flag: Option<PathBuf>, cwd: &Path) -> Result<Option<PathBuf>> 
     let base = dir.parent().unwrap_or(cwd);
     Ok(read_config(cwd)?
         .and_then(|c| c.token_file)
+        .map(|p| base.join(p)))
+}
+
+/// A TLS file (`which`: "ca", "cert" or "key"): the flag (or env), else
+/// the config file's entry, relative to the file's directory.
+pub fn tls_file(flag: Option<PathBuf>, which: &str, cwd: &Path) -> Result<Option<PathBuf>> {
+    if let Some(p) = flag.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok(Some(p));
+    }
+    let dir = cwd.join(CONFIG_FILE);
+    let base = dir.parent().unwrap_or(cwd);
+    Ok(read_config(cwd)?
+        .and_then(|c| match which {
+            "ca" => c.ca,
+            "cert" => c.cert,
+            _ => c.key,
+        })
         .map(|p| base.join(p)))
 }
 
@@ -81,6 +103,23 @@ mod tests {
         assert_eq!(
             token_file(Some("/t".into()), dir.path())?,
             Some(PathBuf::from("/t"))
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "control = \"https://c:1\"\nca = \"ca.pem\"\ncert = \"/abs/c.pem\"\n",
+        )?;
+        assert_eq!(
+            tls_file(None, "ca", dir.path())?,
+            Some(dir.path().join(".tandem/ca.pem"))
+        );
+        assert_eq!(
+            tls_file(None, "cert", dir.path())?,
+            Some(PathBuf::from("/abs/c.pem"))
+        );
+        assert_eq!(tls_file(None, "key", dir.path())?, None);
+        assert_eq!(
+            tls_file(Some("/k".into()), "key", dir.path())?,
+            Some(PathBuf::from("/k"))
         );
         std::fs::write(dir.path().join(CONFIG_FILE), "control = 3\n")?;
         assert!(control_url(None, dir.path()).is_err());

@@ -68,6 +68,9 @@ pub async fn ctl_env(
             .current_dir(cwd)
             .env_remove("TANDEM_CONTROL")
             .env_remove("TANDEM_TOKEN_FILE")
+            .env_remove("TANDEM_CA")
+            .env_remove("TANDEM_CERT")
+            .env_remove("TANDEM_KEY")
             .envs(envs.iter().copied())
             .output()
             .await?,
@@ -76,4 +79,79 @@ pub async fn ctl_env(
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+impl Control {
+    /// Control over TLS with a client CA (mTLS; no tokens): a certificate
+    /// is the only credential. The URL is `https://127.0.0.1:PORT`.
+    pub async fn start_mtls(
+        data_dir: &Path,
+        pki: &Pki,
+    ) -> Result<Control, Box<dyn std::error::Error>> {
+        let (cert_pem, key_pem) = pki.server()?;
+        let options = control::ServeOptions {
+            tls: Some(control::ServerTls {
+                cert_pem,
+                key_pem,
+                client_ca_pem: Some(pki.ca_pem()),
+            }),
+            ..control::ServeOptions::default()
+        };
+        let mut c = Self::start_with(data_dir, options).await?;
+        c.url = c.url.replacen("http://", "https://", 1);
+        Ok(c)
+    }
+}
+
+/// A throwaway CA for the control port and its clients.
+pub struct Pki {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Result<Pki, Box<dyn std::error::Error>> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "tandemctl test CA");
+        Ok(Pki {
+            issuer: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate()?)?,
+        })
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        self.issuer.pem().into_bytes()
+    }
+
+    /// Server certificate for 127.0.0.1: (chain, key) PEM.
+    pub fn server(&self) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()])?;
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem().into_bytes(), key.serialize_pem().into_bytes()))
+    }
+
+    /// Writes a client certificate with SAN URI `uri` to `dir/NAME.pem` and
+    /// `dir/NAME.key`; returns their paths.
+    pub fn client_files(
+        &self,
+        dir: &Path,
+        name: &str,
+        uri: &str,
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf), Box<dyn std::error::Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        p.subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into()?));
+        let cert = p.signed_by(&key, &self.issuer)?;
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem())?;
+        std::fs::write(&k, key.serialize_pem())?;
+        Ok((c, k))
+    }
 }
