@@ -597,6 +597,33 @@ async fn load_through_the_director(sys: &Sys<'_>) -> Result<()> {
             >= report.conns.len() as f64,
         "fewer flow misses than new connections"
     );
+    // The same counters reach `tandemctl status` through control (the
+    // director reports them every few seconds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = sys.status().await?;
+        let counts: Vec<(String, u64)> = (1..=NODES)
+            .map(|i| {
+                let id = format!("node-{i}");
+                let n = s["nodes"]
+                    .as_array()
+                    .and_then(|ns| ns.iter().find(|n| n["id"] == id.as_str()))
+                    .and_then(|n| n["forwarded_packets"].as_u64())
+                    .unwrap_or(0);
+                (id, n)
+            })
+            .collect();
+        let seen: u64 = counts.iter().map(|(_, n)| n).sum();
+        if counts.iter().all(|(_, n)| *n > 0) && seen as f64 >= forwarded * 0.9 {
+            eprintln!("tandemctl status: forwarded packets per node {counts:?}");
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tandemctl status never showed the forwarded packets: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }
 

@@ -498,6 +498,7 @@ fn health_report(map: &health::HealthMap) -> control_api::pb::HealthReport {
             node_id: id.clone(),
             healthy: *healthy,
             detail: detail.clone(),
+            ..Default::default()
         })
         .collect();
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));

@@ -824,9 +824,55 @@ struct Applier {
     /// The health report for control, updated once the maps reflect it (so
     /// "down" in `tandemctl status` means no new flow goes there).
     report: Arc<tokio::sync::watch::Sender<pb::HealthReport>>,
+    /// Forwarded packets and bytes per node id, as last read from the maps.
+    forwarded: Arc<Mutex<HashMap<String, xdp::Counter>>>,
 }
 
 impl Applier {
+    /// Reads the per-node counters and, when they moved, sends them to
+    /// control with the health report (`tandemctl status` shows them).
+    fn refresh_counters(&self) {
+        let counters = {
+            let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(state) = guard.as_ref() else {
+                return;
+            };
+            let stats = match state.maps().stats() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read xdp counters");
+                    return;
+                }
+            };
+            let names = state.node_names();
+            let mut counters = HashMap::new();
+            for (index, c) in stats.nodes {
+                if let Some(name) = names.get(&index) {
+                    counters.insert(name.clone(), c);
+                }
+            }
+            counters
+        };
+        *self.forwarded.lock().unwrap_or_else(|p| p.into_inner()) = counters;
+        self.send_report();
+    }
+
+    fn send_report(&self) {
+        let health = self.health.borrow().clone();
+        let unresolved = self.unresolved.borrow().clone();
+        let forwarded = self
+            .forwarded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let r = report(&health, &unresolved, &forwarded);
+        self.report.send_if_modified(|old| {
+            let changed = *old != r;
+            *old = r;
+            changed
+        });
+    }
+
     /// Applies `snapshot` (a new one from control, or the last one again
     /// after a health change). Refusals leave the maps as they were.
     fn apply(&self, snapshot: &Snapshot, fresh: bool) -> Result<(), String> {
@@ -840,13 +886,8 @@ impl Applier {
             let applied = state.apply(snapshot, |id| health.is_healthy(id))?;
             self.metrics.record(&applied, state.unresolved().len());
             self.unresolved.send_replace(state.unresolved().to_vec());
-            let r = report(&health, state.unresolved());
-            self.report.send_if_modified(|old| {
-                let changed = *old != r;
-                *old = r;
-                changed
-            });
         }
+        self.send_report();
         if fresh {
             *last = Some(Arc::new(snapshot.clone()));
             drop(last);
@@ -870,7 +911,11 @@ impl Applier {
 
 /// The health report sent to control: the health checks' verdicts, with
 /// nodes this director cannot forward to (no MAC) reported down.
-fn report(map: &health::HealthMap, unresolved: &[Unresolved]) -> pb::HealthReport {
+fn report(
+    map: &health::HealthMap,
+    unresolved: &[Unresolved],
+    forwarded: &HashMap<String, xdp::Counter>,
+) -> pb::HealthReport {
     let mut r = crate::health_report(map);
     for u in unresolved {
         let detail = format!("xdp: {}", u.reason);
@@ -883,7 +928,14 @@ fn report(map: &health::HealthMap, unresolved: &[Unresolved]) -> pb::HealthRepor
                 node_id: u.node.clone(),
                 healthy: false,
                 detail,
+                ..Default::default()
             }),
+        }
+    }
+    for n in &mut r.nodes {
+        if let Some(c) = forwarded.get(&n.node_id) {
+            n.forwarded_packets = c.packets;
+            n.forwarded_bytes = c.bytes;
         }
     }
     r.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -955,6 +1007,7 @@ pub(crate) async fn run(
         readiness: readiness.clone(),
         unresolved: Arc::new(unresolved_tx),
         report: Arc::new(report_tx),
+        forwarded: Arc::default(),
     };
     // Health changes rebuild the tables; so does a node's MAC turning up.
     {
@@ -963,6 +1016,9 @@ pub(crate) async fn run(
         let stop = tasks.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Forwarded-packet counts go to control every few seconds.
+            const COUNTER_REPORT_TICKS: u64 = 5;
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -982,6 +1038,10 @@ pub(crate) async fn run(
                     _ = tick.tick() => {
                         if !applier.unresolved.borrow().is_empty() {
                             applier.reapply();
+                        }
+                        ticks += 1;
+                        if ticks % COUNTER_REPORT_TICKS == 0 {
+                            applier.refresh_counters();
                         }
                     }
                 }

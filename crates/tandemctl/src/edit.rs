@@ -108,7 +108,7 @@ impl Ctl {
                 t.row(vec![k.clone(), text]);
             }
         }
-        print!("{}", t.render());
+        out!("{}", t.render());
         Ok(())
     }
 
@@ -165,7 +165,7 @@ impl Ctl {
                 "kind": res.label(), "name": name, "action": "set", "changes": what, "version": version,
             }));
         }
-        println!(
+        outln!(
             "{} {name}: {} (version {version})",
             res.label(),
             what.join(", ")

@@ -3,6 +3,18 @@
 //! applied.
 #![forbid(unsafe_code)]
 
+/// `print!` to stdout; when the reader has gone (`tandemctl ... | head`) the
+/// program ends quietly, as other command-line tools do, instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::write_stdout(format_args!($($t)*)) };
+}
+
+/// `println!` with [`out!`]'s handling of a closed stdout.
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 mod edit;
 mod table;
 mod target;
@@ -410,6 +422,18 @@ enum NodeCmd {
     Remove { id: String },
 }
 
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -575,7 +599,7 @@ impl Ctl {
             Code::NotFound => anyhow!("not found: {msg}"),
             Code::AlreadyExists => anyhow!("already exists: {msg}"),
             Code::Aborted => anyhow!("conflict: {msg}"),
-            Code::Unavailable => anyhow!("cannot reach control at {}: {msg}", self.url),
+            Code::Unavailable => anyhow!("control at {} is unavailable: {msg}", self.url),
             Code::DeadlineExceeded => anyhow!("control at {} did not answer in time", self.url),
             Code::Unauthenticated => anyhow!(
                 "unauthenticated: {msg} (give --token-file, $TANDEM_TOKEN_FILE or token_file in .tandem/tandemctl.toml)"
@@ -613,9 +637,9 @@ impl Ctl {
     /// Prints `v` as JSON, or as YAML with `-o yaml`.
     fn print_json(&self, v: &Value) -> Result<()> {
         if self.output == Output::Yaml {
-            print!("{}", serde_norway::to_string(v)?);
+            out!("{}", serde_norway::to_string(v)?);
         } else {
-            println!("{}", serde_json::to_string_pretty(v)?);
+            outln!("{}", serde_json::to_string_pretty(v)?);
         }
         Ok(())
     }
@@ -649,6 +673,22 @@ impl Ctl {
                 (true, false) => ("down", down.join("; ")),
             }
         };
+        // Packets the connected directors' xdp data planes forwarded to a
+        // node (`None` when no director reports any: proxy mode).
+        let forwarded = |id: &str| -> Option<(u64, u64)> {
+            let mut total: Option<(u64, u64)> = None;
+            for d in directors.iter().filter(|d| d.connected) {
+                if let Some(h) = d.node_health.iter().find(|h| h.node_id == id)
+                    && (h.forwarded_packets > 0 || h.forwarded_bytes > 0)
+                {
+                    let t = total.get_or_insert((0, 0));
+                    t.0 += h.forwarded_packets;
+                    t.1 += h.forwarded_bytes;
+                }
+            }
+            total
+        };
+        let any_forwarded = state.nodes.iter().any(|n| forwarded(&n.id).is_some());
         if self.output != Output::Table {
             let nodes: Vec<Value> = state
                 .nodes
@@ -656,6 +696,7 @@ impl Ctl {
                 .map(|n| {
                     let s = by_id(&n.id);
                     let (h, why) = health(&n.id);
+                    let (fwd_packets, fwd_bytes) = forwarded(&n.id).unwrap_or((0, 0));
                     json!({
                         "id": n.id,
                         "health": h,
@@ -669,6 +710,8 @@ impl Ctl {
                         "applied_version": s.map_or(0, |s| s.acked_version),
                         "in_sync": in_sync(s),
                         "last_error": s.map_or("", |s| s.last_error.as_str()),
+                        "forwarded_packets": fwd_packets,
+                        "forwarded_bytes": fwd_bytes,
                     })
                 })
                 .collect();
@@ -691,24 +734,18 @@ impl Ctl {
                 "directors": dirs,
             }));
         }
-        println!("control {}  version {version}", self.url);
-        println!();
-        let mut t = Table::new(&[
-            "NODE",
-            "ADDRESS",
-            "STATE",
-            "WEIGHT",
-            "POOL",
-            "HEALTH",
-            "CONNECTED",
-            "APPLIED",
-            "IN-SYNC",
-            "LAST-ERROR",
-        ]);
+        outln!("control {}  version {version}", self.url);
+        outln!();
+        let mut headers = vec!["NODE", "ADDRESS", "STATE", "WEIGHT", "POOL", "HEALTH"];
+        if any_forwarded {
+            headers.push("XDP-PACKETS");
+        }
+        headers.extend(["CONNECTED", "APPLIED", "IN-SYNC", "LAST-ERROR"]);
+        let mut t = Table::new(&headers);
         for n in &state.nodes {
             let s = by_id(&n.id);
             let (h, why) = health(&n.id);
-            t.row(vec![
+            let mut row = vec![
                 n.id.clone(),
                 n.address.clone(),
                 node_state(n.state),
@@ -719,14 +756,20 @@ impl Ctl {
                 } else {
                     format!("{h} ({why})")
                 },
+            ];
+            if any_forwarded {
+                row.push(forwarded(&n.id).map_or("0".into(), |(p, _)| p.to_string()));
+            }
+            row.extend([
                 yes_no(s.is_some_and(|s| s.connected)),
                 applied(s),
                 sync_mark(s, version),
                 s.map_or(String::new(), |s| s.last_error.clone()),
             ]);
+            t.row(row);
         }
-        print!("{}", t.render());
-        println!();
+        out!("{}", t.render());
+        outln!();
         let mut t = Table::new(&["DIRECTOR", "CONNECTED", "APPLIED", "IN-SYNC", "LAST-ERROR"]);
         for s in &directors {
             t.row(vec![
@@ -737,7 +780,7 @@ impl Ctl {
                 s.last_error.clone(),
             ]);
         }
-        print!("{}", t.render());
+        out!("{}", t.render());
         Ok(())
     }
 
@@ -802,11 +845,11 @@ impl Ctl {
                 "nodes": nodes,
             }));
         }
-        println!(
+        outln!(
             "service {service}  table size {m}  state version {}",
             state.version
         );
-        println!();
+        outln!();
         let mut t = Table::new(&["NODE", "STATE", "WEIGHT", "SLOTS", "SHARE"]);
         for (id, st, w, slots) in rows {
             t.row(vec![
@@ -817,7 +860,7 @@ impl Ctl {
                 format!("{:.2}%", slots as f64 * 100.0 / m as f64),
             ]);
         }
-        print!("{}", t.render());
+        out!("{}", t.render());
         Ok(())
     }
 
@@ -937,7 +980,7 @@ impl Ctl {
         match self.output {
             Output::Json | Output::Yaml => self.print_json(&Value::Array(json)),
             Output::Table => {
-                print!("{}", table.render());
+                out!("{}", table.render());
                 Ok(())
             }
         }
@@ -963,7 +1006,7 @@ impl Ctl {
                         n.pool.clone(),
                     ]);
                 }
-                print!("{}", t.render());
+                out!("{}", t.render());
                 Ok(())
             }
             NodeCmd::Add {
@@ -1147,7 +1190,7 @@ impl Ctl {
                             "kind": label, "name": name, "action": what, "version": version,
                         }));
                     }
-                    println!("{label} {name}: {what} (version {version})");
+                    outln!("{label} {name}: {what} (version {version})");
                     return Ok(());
                 }
                 Err(s) if s.code() == tonic::Code::Aborted && attempt < ATTEMPTS => continue,
@@ -1515,7 +1558,7 @@ impl Ctl {
                 "node": node.map(node_json),
             })),
             Output::Table => {
-                println!("{id}: {what} (version {version})");
+                outln!("{id}: {what} (version {version})");
                 Ok(())
             }
         }
@@ -1547,9 +1590,9 @@ impl Ctl {
         while let Some(item) = inbound.next().await {
             let s = item.map_err(|s| self.rpc_error(&s))?;
             match self.output {
-                Output::Json => println!("{}", serde_json::to_string(&summary_json(&s))?),
-                Output::Yaml => print!("---\n{}", serde_norway::to_string(&summary_json(&s))?),
-                Output::Table => println!("{}", summary_line(&s)),
+                Output::Json => outln!("{}", serde_json::to_string(&summary_json(&s))?),
+                Output::Yaml => out!("---\n{}", serde_norway::to_string(&summary_json(&s))?),
+                Output::Table => outln!("{}", summary_line(&s)),
             }
             let ack = pb::WatchRequest {
                 msg: Some(pb::watch_request::Msg::Ack(pb::Ack {
@@ -1600,7 +1643,7 @@ impl Ctl {
                 r.changes.join("; "),
             ]);
         }
-        print!("{}", t.render());
+        out!("{}", t.render());
         Ok(())
     }
 
@@ -1656,9 +1699,9 @@ impl Ctl {
             }));
         }
         for l in lines {
-            println!("{l}");
+            outln!("{l}");
         }
-        println!("{what} (version {version})");
+        outln!("{what} (version {version})");
         Ok(())
     }
 

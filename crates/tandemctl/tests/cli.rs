@@ -127,3 +127,26 @@ async fn errors_are_clear_and_exit_1() -> TestResult {
     );
     Ok(())
 }
+
+/// `tandemctl status | head -0`: the reader is gone before anything is
+/// written; tandemctl ends quietly (exit 0, nothing on stderr), as other
+/// command-line tools do, instead of panicking on the broken pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdout_ends_quietly() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let control = Control::start(&dir.path().join("control")).await?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tandemctl"))
+        .args(["--control", control.url.as_str(), "status"])
+        .current_dir(dir.path())
+        .env_remove("TANDEM_CONTROL")
+        .env_remove("TANDEM_TOKEN_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+    control.stop().await?;
+    Ok(())
+}
