@@ -9,6 +9,7 @@ Usage: suite.py runs.tsv [--notes notes.txt] [--table table.md] [--plot plot.png
 
 import argparse
 import csv
+import re
 import statistics
 import sys
 
@@ -93,7 +94,7 @@ def aggregate(rows):
             "kbc": stats(num(r["kb_per_conn"]) for r in rs),
             "errors": sum(int(num(r["errors"]) or 0) for r in rs),
             "foreign": max((num(r["foreign_pct"]) or 0 for r in rs), default=0),
-            "notes": sorted({r["note"] for r in rs if r.get("note")}),
+            "notes": [r["note"] for r in rs if r.get("note")],
         }
     return agg
 
@@ -117,7 +118,12 @@ def table(agg):
         ref = reference(s)
         b = agg.get((ref, c)) if ref else None
         notes = list(a["notes"])
-        if a["errors"]:
+        resumed = [re.match(r"resumed (\d+) of (\d+)$", n) for n in notes]
+        if notes and all(resumed):
+            got = sum(int(m.group(1)) for m in resumed)
+            total = sum(int(m.group(2)) for m in resumed)
+            notes = [f"server resumed {got:,} of {total:,} connections"]
+        if a["errors"] and c != "idle-tls":
             notes.append(f"{a['errors']} errors")
         if a["foreign"] > 10:
             notes.append(f"other load on the SUT core up to {a['foreign']:.0f} %")

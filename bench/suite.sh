@@ -40,6 +40,9 @@
 # bounded by -d/-D/-time plus `timeout`.
 set -u -o pipefail
 
+# What the caller set, for the record (before the defaults below).
+INVOCATION="$(for v in QUICK DURATION REPS CONNS IDLE_CONNS SYSTEMS CASES QUIET_MAX QUIET_PCT RETRIES FOREIGN_MAX NO_BUILD TANDEM_BIN; do
+    [[ -n "${!v+x}" ]] && printf '%s=%q ' "$v" "${!v}"; done)bench/suite.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 QUICK="${QUICK:-0}"
@@ -179,7 +182,10 @@ start_origin() {
 node_config() {  # node_config FILE ROUTES: ROUTES-1 prefix routes that miss, then "/"
     local f="$1" n="$2" i
     {
-        printf '[listener]\nmax_connections = 30000\n\n'
+        # Limits as for HAProxy and nginx here: 30000 connections, idle
+        # keep-alive connections kept 120 s (the node's request-head timeout,
+        # 10 s by default, also closes idle keep-alive connections).
+        printf '[listener]\nmax_connections = 30000\nheader_read_timeout_ms = 120000\n\n'
         printf '[[clusters]]\nname = "origin"\nlb_policy = "round_robin"\nendpoints = [{ address = "127.0.0.1:19080", weight = 1 }]\n\n'
         for ((i = 1; i < n; i++)); do
             printf '[[routes]]\nname = "r%04d"\npath_prefix = "/svc%04d/"\ncluster = "origin"\n\n' "$i" "$i"
@@ -375,7 +381,7 @@ note "host: $(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpu
 note "versions: $("$BIN" --version); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3-); wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2); $(h2load --version); $(openssl version | cut -d' ' -f1-2); $(rustc --version 2>/dev/null | cut -d' ' -f1-2)"
 note "tandem binary: $BIN, git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'), built $(date -r "$BIN" -u +%FT%TZ)"
 note "params: ulimit -n $NOFILE (HAProxy maxconn $MAXCONN) QUICK=$QUICK DURATION=${DURATION}s REPS=$REPS CONNS=$CONNS H2_STREAMS=$H2_STREAMS IDLE_CONNS=$IDLE_CONNS SUT_CPU=$SUT_CPU CLIENT_CPU=$CLIENT_CPU(+origin) FOREIGN_MAX=$FOREIGN_MAX RETRIES=$RETRIES QUIET_PCT=$QUIET_PCT QUIET_MAX=$QUIET_MAX SYSTEMS='$SYSTEMS' CASES='$CASES'"
-note "command: $(for v in QUICK DURATION REPS SYSTEMS CASES IDLE_CONNS; do [[ -n "${!v+x}" ]] && printf '%s=%q ' "$v" "${!v}"; done)bench/suite.sh"
+note "command: $INVOCATION"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$RUN/ecdsa.key" \
     -out "$RUN/ecdsa.crt" -days 7 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
