@@ -372,7 +372,21 @@ impl Resource for pb::Certificate {
     }
     fn normalize(&mut self, current: &Self) {
         if self.private_key_pem.is_empty() {
+            // No key in the document: keep the current one.
             self.private_key_pem = current.private_key_pem.clone();
+            self.private_key_fingerprint = current.private_key_fingerprint.clone();
+        } else if current.private_key_pem.is_empty() && !current.private_key_fingerprint.is_empty()
+        {
+            // The current state was read without keys (the Admin API never
+            // returns them): compare the keys by fingerprint.
+            let fingerprint = key_fingerprint(&self.private_key_pem);
+            if fingerprint == current.private_key_fingerprint {
+                self.private_key_pem.clear();
+            }
+            self.private_key_fingerprint = fingerprint;
+        } else {
+            // The fingerprint is output only.
+            self.private_key_fingerprint = current.private_key_fingerprint.clone();
         }
     }
 }
@@ -718,6 +732,42 @@ mod tests {
         let back = from_toml_str(&text, Path::new("."))?;
         assert_eq!(back, s);
         Ok(())
+    }
+
+    /// The Admin API returns certificates with a fingerprint instead of the
+    /// key: a document with the same key is no change, another key is.
+    #[test]
+    fn diff_compares_keys_by_fingerprint_when_the_state_has_none() {
+        let stored = |key: &str| Snapshot {
+            certificates: vec![Certificate {
+                name: "web".into(),
+                sni_names: vec!["example.com".into()],
+                cert_chain_pem: "CHAIN".into(),
+                private_key_pem: String::new(),
+                private_key_fingerprint: key_fingerprint(key),
+                default: true,
+            }],
+            ..Default::default()
+        };
+        let mut desired = stored("KEY-A");
+        desired.certificates[0].private_key_pem = "KEY-A\n".into();
+        desired.certificates[0].private_key_fingerprint = String::new();
+        assert!(diff(&stored("KEY-A"), &desired, false).entries.is_empty());
+        let d = diff(&stored("KEY-B"), &desired, false);
+        assert_eq!(d.entries.len(), 1, "{:?}", d.entries);
+        assert!(
+            d.entries[0]
+                .fields
+                .iter()
+                .any(|f| f.starts_with("private_key_fingerprint")),
+            "{:?}",
+            d.entries
+        );
+        // The put carries the key itself.
+        match &d.changes[0].change {
+            Some(change::Change::PutCertificate(c)) => assert_eq!(c.private_key_pem, "KEY-A\n"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
