@@ -1040,7 +1040,7 @@ pub(crate) async fn run(
                             applier.reapply();
                         }
                         ticks += 1;
-                        if ticks % COUNTER_REPORT_TICKS == 0 {
+                        if ticks.is_multiple_of(COUNTER_REPORT_TICKS) {
                             applier.refresh_counters();
                         }
                     }
