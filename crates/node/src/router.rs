@@ -168,10 +168,91 @@ impl RouteEntry {
 
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<String, Vec<Arc<RouteEntry>>>,
+    exact: HashMap<String, Group>,
     /// Keyed by what follows `*.`.
-    wildcard: HashMap<String, Vec<Arc<RouteEntry>>>,
-    any: Vec<Arc<RouteEntry>>,
+    wildcard: HashMap<String, Group>,
+    any: Group,
+}
+
+/// The routes of one host group in precedence order, indexed by the first
+/// path segment so a request does not test every route of a large group.
+/// A route whose path pins its first segment (an exact path, or a prefix
+/// such as `/api/` or `/api/v1` that continues past the first segment) is
+/// filed under that segment; every other route (`/`, `/ap`, `/api`) is
+/// tested for every path. Lookup walks the path's segment bucket and the
+/// general list together in precedence order, so the first match is the
+/// one a linear scan would find.
+#[derive(Clone, Debug, Default)]
+struct Group {
+    routes: Vec<Arc<RouteEntry>>,
+    /// Empty for small groups, which a plain scan serves faster.
+    by_segment: ahash::AHashMap<String, Vec<u32>>,
+    general: Vec<u32>,
+}
+
+/// Groups up to this size are scanned without the index.
+const INDEX_FROM: usize = 16;
+
+/// The first path segment: `/api/v1/x` → `api`, `/` → ``; `None` for a
+/// path that does not start with `/`.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    Some(rest.split_once('/').map_or(rest, |(seg, _)| seg))
+}
+
+impl Group {
+    fn push(&mut self, route: Arc<RouteEntry>) {
+        self.routes.push(route);
+    }
+
+    /// Sorts by precedence and builds the index.
+    fn finish(&mut self) {
+        sort_group(&mut self.routes);
+        self.by_segment.clear();
+        self.general.clear();
+        if self.routes.len() <= INDEX_FROM {
+            return;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let i = i as u32;
+            let key = match &r.path {
+                PathMatch::Exact(p) => first_segment(p),
+                PathMatch::Prefix(p) => p
+                    .strip_prefix('/')
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(seg, _)| seg),
+            };
+            match key {
+                Some(seg) => self.by_segment.entry(seg.to_string()).or_default().push(i),
+                None => self.general.push(i),
+            }
+        }
+    }
+
+    fn first(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Arc<RouteEntry>> {
+        if self.routes.len() <= INDEX_FROM {
+            return self
+                .routes
+                .iter()
+                .find(|r| r.matches(method, path, headers));
+        }
+        let bucket: &[u32] = first_segment(path)
+            .and_then(|seg| self.by_segment.get(seg))
+            .map_or(&[], Vec::as_slice);
+        let (mut b, mut g) = (bucket.iter().peekable(), self.general.iter().peekable());
+        loop {
+            let next = match (b.peek(), g.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => b.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => g.next(),
+                (Some(_), None) => b.next(),
+                (None, None) => return None,
+            };
+            let r = next.and_then(|&i| self.routes.get(i as usize))?;
+            if r.matches(method, path, headers) {
+                return Some(r);
+            }
+        }
+    }
 }
 
 /// Lower-cases a Host / `:authority` value and strips the port (and a
@@ -391,9 +472,9 @@ impl Router {
                 r.exact.entry(host).or_default().push(entry);
             }
         }
-        r.exact.values_mut().for_each(|v| sort_group(v));
-        r.wildcard.values_mut().for_each(|v| sort_group(v));
-        sort_group(&mut r.any);
+        r.exact.values_mut().for_each(Group::finish);
+        r.wildcard.values_mut().for_each(Group::finish);
+        r.any.finish();
         Ok(r)
     }
 
@@ -406,38 +487,97 @@ impl Router {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&Arc<RouteEntry>> {
-        let first = |g: &[Arc<RouteEntry>]| g.iter().position(|r| r.matches(method, path, headers));
         if let Some(g) = self.exact.get(host)
-            && let Some(i) = first(g)
+            && let Some(r) = g.first(method, path, headers)
         {
-            return g.get(i);
+            return Some(r);
         }
         if let Some((_, rest)) = host.split_once('.')
             && let Some(g) = self.wildcard.get(rest)
-            && let Some(i) = first(g)
+            && let Some(r) = g.first(method, path, headers)
         {
-            return g.get(i);
+            return Some(r);
         }
-        first(&self.any).and_then(|i| self.any.get(i))
+        self.any.first(method, path, headers)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_empty()
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.routes.is_empty()
     }
 
     /// Every route, for metrics and diagnostics.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
         self.exact
             .values()
-            .flatten()
-            .chain(self.wildcard.values().flatten())
-            .chain(self.any.iter())
+            .flat_map(|g| g.routes.iter())
+            .chain(self.wildcard.values().flat_map(|g| g.routes.iter()))
+            .chain(self.any.routes.iter())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The segment index finds exactly the route a linear scan of the
+    /// group in precedence order finds, over random route sets and paths.
+    #[test]
+    fn segment_index_agrees_with_a_linear_scan() {
+        const PATHS: &[&str] = &[
+            "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/ab/c", "/b/", "/b/c/d", "/b", "", "/a/bc",
+            "/c/",
+        ];
+        const REQUESTS: &[&str] = &[
+            "/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/abc", "/ab/c", "/b", "/b/", "/b/c/d/e",
+            "/c", "/c/x", "x", "", "/a/bc",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut with_header = HeaderMap::new();
+        with_header.insert("x-canary", HeaderValue::from_static("1"));
+        let empty = HeaderMap::new();
+        for round in 0..300 {
+            let mut group = Group::default();
+            for i in 0..1 + next(60) {
+                let p = PATHS[next(PATHS.len())];
+                let mut r = route(&format!("r{i}"), "", "", "c");
+                if next(3) == 0 && !p.is_empty() {
+                    r.path_exact = p.into();
+                } else {
+                    r.path_prefix = p.into();
+                }
+                if next(4) == 0 {
+                    r.headers.push(control_api::pb::HeaderMatch {
+                        name: "x-canary".into(),
+                        ..Default::default()
+                    });
+                }
+                if next(5) == 0 {
+                    r.methods.push("POST".into());
+                }
+                group.push(Arc::new(compile_route(&r).expect("compiles")));
+            }
+            group.finish();
+            for path in REQUESTS {
+                for method in [Method::GET, Method::POST] {
+                    for headers in [&empty, &with_header] {
+                        let linear = group
+                            .routes
+                            .iter()
+                            .find(|r| r.matches(&method, path, headers))
+                            .map(|r| r.name.clone());
+                        let indexed = group.first(&method, path, headers).map(|r| r.name.clone());
+                        assert_eq!(indexed, linear, "round {round}, {method} {path:?}");
+                    }
+                }
+            }
+        }
+    }
 
     fn route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route {
         Route {
