@@ -5,29 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{Control, Pki, TestResult, ctl, ctl_env, text};
+use common::{Control, Pki, TestResult, ctl_env, fails, ok, text};
 use serde_json::Value;
-
-async fn ok(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = ctl(cwd, args).await?;
-    assert!(
-        out.status.success(),
-        "tandemctl {args:?}: {}",
-        text(&out.stderr)
-    );
-    Ok(text(&out.stdout))
-}
-
-async fn fails(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = ctl(cwd, args).await?;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "tandemctl {args:?} should fail: {}",
-        text(&out.stdout)
-    );
-    Ok(text(&out.stderr))
-}
 
 fn lower(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_ascii_lowercase()

@@ -3,30 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{Control, TestResult, ctl, text};
-
-async fn ok(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = ctl(cwd, args).await?;
-    assert!(
-        out.status.success(),
-        "tandemctl {args:?}: {}",
-        text(&out.stderr)
-    );
-    Ok(text(&out.stdout))
-}
-
-async fn fails(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = ctl(cwd, args).await?;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "tandemctl {args:?} should fail: {}",
-        text(&out.stdout)
-    );
-    Ok(text(&out.stderr))
-}
+use common::{Control, TestResult, fails, ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_and_remove_routes_clusters_services_and_certs() -> TestResult {

@@ -81,6 +81,29 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Runs tandemctl, asserts it succeeded, returns its stdout.
+pub async fn ok(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = ctl(cwd, args).await?;
+    assert!(
+        out.status.success(),
+        "tandemctl {args:?}: {}",
+        text(&out.stderr)
+    );
+    Ok(text(&out.stdout))
+}
+
+/// Runs tandemctl, asserts it failed with exit status 1, returns its stderr.
+pub async fn fails(cwd: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = ctl(cwd, args).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "tandemctl {args:?} should fail: {}",
+        text(&out.stdout)
+    );
+    Ok(text(&out.stderr))
+}
+
 impl Control {
     /// Control over TLS with a client CA (mTLS; no tokens): a certificate
     /// is the only credential. The URL is `https://127.0.0.1:PORT`.
