@@ -199,6 +199,50 @@ impl Lab {
         self.spawn_env(name, host, program, args, &[])
     }
 
+    /// `tandem control` in `host`: gRPC on `ip:9400`, admin on `ip:9401`,
+    /// state in the lab's directory.
+    pub fn spawn_control(&self, host: &str, tandem: &Path, ip: Ipv4Addr) -> Result<u32> {
+        let data = self.dir.path().join("control-data");
+        self.spawn_env(
+            "control",
+            host,
+            tandem,
+            &[
+                "control".into(),
+                "--listen".into(),
+                format!("{ip}:9400"),
+                "--admin-listen".into(),
+                format!("{ip}:9401"),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+            &[("RUST_LOG", "info")],
+        )
+    }
+
+    /// `tandem demo-app` named `name` in `host` on `ip:8080`, and with
+    /// `proxy_listen` also a PROXY v2 listener on `ip:8081`.
+    pub fn spawn_demo_app(
+        &self,
+        name: &str,
+        host: &str,
+        tandem: &Path,
+        ip: Ipv4Addr,
+        proxy_listen: bool,
+    ) -> Result<u32> {
+        let mut args = vec![
+            "demo-app".into(),
+            "--name".into(),
+            name.to_string(),
+            "--listen".into(),
+            format!("{ip}:8080"),
+        ];
+        if proxy_listen {
+            args.extend(["--proxy-listen".into(), format!("{ip}:8081")]);
+        }
+        self.spawn(name, host, tandem, &args)
+    }
+
     pub fn spawn_env(
         &self,
         name: &str,

@@ -134,34 +134,14 @@ where
 
 impl Sys<'_> {
     fn start_processes(&self) -> Result<()> {
-        let data = self.lab.dir.path().join("control-data");
-        self.lab.spawn_env(
-            "control",
-            "control",
-            &self.tandem,
-            &[
-                s("control"),
-                s("--listen"),
-                format!("{CONTROL}:9400"),
-                s("--admin-listen"),
-                format!("{CONTROL}:9401"),
-                s("--data-dir"),
-                data.display().to_string(),
-            ],
-            &[("RUST_LOG", "info")],
-        )?;
+        self.lab.spawn_control("control", &self.tandem, CONTROL)?;
         for i in 1..=2 {
-            self.lab.spawn(
+            self.lab.spawn_demo_app(
                 &format!("app-{i}"),
                 &format!("app{i}"),
                 &self.tandem,
-                &[
-                    s("demo-app"),
-                    s("--name"),
-                    format!("app-{i}"),
-                    s("--listen"),
-                    format!("{}:8080", app_ip(i)),
-                ],
+                app_ip(i),
+                false,
             )?;
         }
         for i in 1..=NODES {
