@@ -29,10 +29,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Node;
 use crate::cluster::{Cluster, InFlight};
+use crate::h1_client::{self, ExchangeError, H1Body};
 use crate::limits::CappedBody;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
-use crate::upstream::{BoundPool, ConnectError, Lease, PoolRef, UpBody};
+use crate::upstream::{BoundPool, BoxError, ConnectError, PoolRef, UpBody};
+use h1_codec::BodyFraming;
 
 pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,7 +89,10 @@ impl Forwarding {
     fn apply(&self, h: &mut HeaderMap, host: Option<HeaderValue>, proxy_v2: bool) {
         strip_hop_by_hop(h);
         if let Some(v) = host {
-            h.insert(header::HOST, v.clone());
+            // HTTP/1.1: usually the Host header itself, left in place.
+            if h.get(header::HOST) != Some(&v) {
+                h.insert(header::HOST, v.clone());
+            }
             h.insert(X_FORWARDED_HOST, v);
         }
         // Whatever the client claims about itself is not to be trusted:
@@ -114,20 +119,28 @@ impl Forwarding {
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names first: most messages have none of these, and
-    // a miss costs a hash and a probe per name.
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the names, by length first: most messages have few or
+    // none of these, and each removal costs a hash and a probe.
+    let mut found = 0u8;
+    for name in h.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            found |= 1 << i;
+        }
+    }
+    if found == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if found & 1 != 0 {
         strip_listed(h);
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            h.remove(name);
+        }
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -137,8 +150,19 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.iter().any(|h| h == n)
+/// The index of a hop-by-hop name in [`HOP_BY_HOP`] (names are lower case).
+fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
+    let s = n.as_str();
+    match s.len() {
+        2 if s == "te" => Some(3),
+        7 if s == "trailer" => Some(4),
+        7 if s == "upgrade" => Some(6),
+        10 if s == "connection" => Some(0),
+        10 if s == "keep-alive" => Some(1),
+        16 if s == "proxy-connection" => Some(2),
+        17 if s == "transfer-encoding" => Some(5),
+        _ => None,
+    }
 }
 
 /// Removes the headers `Connection` names.
@@ -186,6 +210,91 @@ fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         })
+}
+
+/// The headers the node sets on a request to an app, in place of any the
+/// client sent.
+static FORWARDING: [HeaderName; 5] = [
+    header::HOST,
+    X_FORWARDED_HOST,
+    X_FORWARDED_FOR,
+    header::FORWARDED,
+    X_FORWARDED_PROTO,
+];
+
+static REQUEST_ID: HeaderName = X_REQUEST_ID;
+
+/// The node's own request headers, written by the HTTP/1.1 encoder after
+/// the client's instead of inserted into the map (see [`Direct::prepare`]).
+pub(crate) struct Direct {
+    host: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    xff: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+    proto: HeaderValue,
+    request_id: Option<HeaderValue>,
+}
+
+impl Direct {
+    /// Strips hop-by-hop headers and whatever the client said under the
+    /// node's own header names (one pass over the names; a removal only
+    /// for a name present), and makes the values [`Forwarding::apply`] and
+    /// [`prepare_headers`] would have inserted.
+    fn prepare(
+        h: &mut HeaderMap,
+        ctx: &ConnCtx,
+        host: Option<HeaderValue>,
+        proxy_v2: bool,
+    ) -> Self {
+        strip_hop_by_hop(h);
+        let mut found = 0u8;
+        let mut has_id = false;
+        for name in h.keys() {
+            if let Some(i) = FORWARDING.iter().position(|f| f == name) {
+                found |= 1 << i;
+            } else if name == X_REQUEST_ID {
+                has_id = true;
+            }
+        }
+        // HTTP/1.1: the Host header itself, left where it is.
+        let host_in_place = host.is_some() && h.get(header::HOST) == host.as_ref();
+        for (i, name) in FORWARDING.iter().enumerate() {
+            if found & (1 << i) != 0 && !(i == 0 && host_in_place) {
+                h.remove(name);
+            }
+        }
+        let f = &ctx.forwarding;
+        Direct {
+            host: if host_in_place { None } else { host.clone() },
+            forwarded_host: host,
+            xff: if proxy_v2 { None } else { f.xff.clone() },
+            forwarded: if proxy_v2 { None } else { f.forwarded.clone() },
+            proto: HeaderValue::from_static(f.scheme),
+            request_id: if has_id {
+                None
+            } else {
+                HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id())).ok()
+            },
+        }
+    }
+
+    fn pairs(&self) -> ([(&HeaderName, &HeaderValue); 6], usize) {
+        let mut out = [(&FORWARDING[4], &self.proto); 6];
+        let mut n = 1;
+        for (name, value) in [
+            (&FORWARDING[0], &self.host),
+            (&FORWARDING[1], &self.forwarded_host),
+            (&FORWARDING[2], &self.xff),
+            (&FORWARDING[3], &self.forwarded),
+            (&REQUEST_ID, &self.request_id),
+        ] {
+            if let Some(v) = value {
+                out[n] = (name, v);
+                n += 1;
+            }
+        }
+        (out, n)
+    }
 }
 
 fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<HeaderValue>, proxy_v2: bool) {
@@ -248,7 +357,6 @@ struct Finish {
     start: Instant,
     bytes: u64,
     completed: bool,
-    lease: Option<Lease>,
     _in_flight: Option<InFlight>,
 }
 
@@ -298,17 +406,15 @@ impl Drop for Finish {
             upstream_ms = self.log.upstream_ms.unwrap_or(-1.0),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
-        if let Some(lease) = self.lease.take()
-            && self.completed
-        {
-            lease.release();
-        }
     }
 }
 
-enum Inner {
+pub(crate) enum Inner {
     Full(Option<Bytes>),
+    /// From an h2 upstream (hyper's client).
     Upstream(Incoming),
+    /// From an HTTP/1.1 upstream, read off the connection.
+    H1(H1Body),
 }
 
 /// The response body: a short local answer or the upstream's body, streamed.
@@ -322,6 +428,7 @@ impl ProxyBody {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
         }
     }
 
@@ -341,16 +448,17 @@ impl Drop for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let res = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::H1(b) => Pin::new(b).poll_frame(cx),
         };
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
@@ -377,6 +485,7 @@ impl Body for ProxyBody {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
             Inner::Upstream(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
         }
     }
 }
@@ -397,7 +506,6 @@ fn local(
             start,
             bytes: 0,
             completed: false,
-            lease: None,
             _in_flight: None,
         }),
     });
@@ -562,13 +670,42 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    prepare_headers(&mut headers, ctx, host_value, cluster.proxy_v2);
+    // HTTP/1.1 apps get the node's own headers from the encoder, unless the
+    // route edits one of them (then the edits must see them in the map).
+    let direct = if !cluster.h2 && !route.edits_request_header(&FORWARDING) {
+        Some(Direct::prepare(
+            &mut headers,
+            ctx,
+            host_value,
+            cluster.proxy_v2,
+        ))
+    } else {
+        prepare_headers(&mut headers, ctx, host_value, cluster.proxy_v2);
+        None
+    };
     if cluster.h2 && te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     route.edit_request(&mut headers);
     let replayable = body.is_end_stream();
     let idempotent = is_idempotent(&method);
+    let plan = BodyPlan {
+        framing: if replayable {
+            // An empty body keeps its explicit zero length.
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                BodyFraming::Length(0)
+            } else {
+                BodyFraming::None
+            }
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => BodyFraming::Length(n),
+                None => BodyFraming::Chunked,
+            }
+        },
+        replayable,
+        idempotent,
+    };
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut body = Some(if replayable {
         empty_body()
@@ -591,12 +728,17 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         let attempt_body = body.take().unwrap_or_else(empty_body);
         let keep_copy = replayable && retries_left > 0 && status_retry;
         let sent_at = Instant::now();
+        let outgoing = Outgoing {
+            method: &method,
+            pq: &pq,
+            plan,
+            direct: direct.as_ref(),
+        };
         let send = send(
             ctx,
             &cluster,
             idx,
-            &method,
-            &pq,
+            &outgoing,
             (&mut headers, keep_copy),
             attempt_body,
         );
@@ -611,7 +753,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         // no answer in time, or a 5xx. (Other errors may be the client's.)
         let failed = !client_fault
             && match &r {
-                Ok((resp, _, _)) => resp.status().is_server_error(),
+                Ok((resp, _)) => resp.status().is_server_error(),
                 Err(SendError::Connect(_) | SendError::Timeout) => true,
                 Err(SendError::Other(_)) => false,
             };
@@ -623,7 +765,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             && match &r {
                 // No byte reached the endpoint.
                 Err(SendError::Connect(_)) => true,
-                Ok((resp, _, _)) => {
+                Ok((resp, _)) => {
                     idempotent
                         && cluster.retry.on_status.contains(&resp.status().as_u16())
                         && cluster.take_retry()
@@ -652,7 +794,7 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
     let ep = cluster.endpoints[used].addr;
     log.endpoint = Some(ep);
     match attempt {
-        Ok((resp, lease, in_flight)) => {
+        Ok((resp, in_flight)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             route.edit_response(&mut parts.headers);
@@ -662,14 +804,13 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             parts.version = Version::HTTP_11;
             log.status = parts.status.as_u16();
             let body = ProxyBody {
-                inner: Inner::Upstream(body),
+                inner: body,
                 finish: Some(Finish {
                     node: ctx.node.clone(),
                     log,
                     start,
                     bytes: 0,
                     completed: false,
-                    lease,
                     _in_flight: Some(in_flight),
                 }),
             };
@@ -747,27 +888,52 @@ fn build(method: &Method, uri: Uri, headers: HeaderMap, body: UpBody, h2: bool) 
     req
 }
 
-type Sent = (Response<Incoming>, Option<Lease>, InFlight);
+type Sent = (Response<Inner>, InFlight);
+
+/// Placeholder value of unused slots in [`Direct::pairs`] arrays.
+static FALLBACK_PROTO: HeaderValue = HeaderValue::from_static("http");
+
+/// What is known of the request body before it is sent.
+#[derive(Clone, Copy)]
+struct BodyPlan {
+    framing: BodyFraming,
+    /// Empty: may be sent again.
+    replayable: bool,
+    idempotent: bool,
+}
+
+/// What every attempt of a request sends, apart from its headers and body.
+struct Outgoing<'a> {
+    method: &'a Method,
+    pq: &'a PathAndQuery,
+    plan: BodyPlan,
+    direct: Option<&'a Direct>,
+}
 
 async fn send(
     ctx: &ConnCtx,
     cluster: &Arc<Cluster>,
     idx: usize,
-    method: &Method,
-    pq: &PathAndQuery,
+    out: &Outgoing<'_>,
     (headers, keep_copy): (&mut HeaderMap, bool),
     body: UpBody,
 ) -> Result<Sent, SendError> {
+    let Outgoing {
+        method,
+        pq,
+        plan,
+        direct,
+    } = *out;
     let ep = cluster.endpoints[idx].addr;
     let in_flight = cluster.start(idx);
-    let take = |h: &mut HeaderMap| {
-        if keep_copy {
-            h.clone()
-        } else {
-            std::mem::take(h)
-        }
-    };
     if cluster.h2 {
+        let take = |h: &mut HeaderMap| {
+            if keep_copy {
+                h.clone()
+            } else {
+                std::mem::take(h)
+            }
+        };
         let uri = Uri::builder()
             .scheme("http")
             .authority(ep.to_string())
@@ -775,7 +941,7 @@ async fn send(
             .build()
             .map_err(|e| SendError::Other(format!("upstream URI: {e}")))?;
         // Boxed (here and for the reconnect below): keeps the common
-        // path's future small, which hyper moves into place per request.
+        // path's future small.
         return match Box::pin(
             cluster
                 .client
@@ -783,7 +949,7 @@ async fn send(
         )
         .await
         {
-            Ok(resp) => Ok((resp, None, in_flight)),
+            Ok(resp) => Ok((resp.map(Inner::Upstream), in_flight)),
             Err(e) if e.is_connect() => {
                 ctx.node.metrics.upstream_connect_errors.inc();
                 Err(SendError::Connect(error_chain(&e)))
@@ -801,43 +967,60 @@ async fn send(
         ctx.node.metrics.upstream_connect_errors.inc();
         SendError::Connect(e.to_string())
     };
-    // Connect first: a connect failure leaves the headers for a retry.
+    // Connect first: a connect failure leaves the request for a retry.
     let mut lease = pool
         .acquire(ep, cluster.connect_timeout)
         .await
         .map_err(connect_err)?;
-    let mut h = take(headers);
-    if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(&ep.to_string())
-    {
-        h.insert(header::HOST, v);
+    // The head is encoded from the headers, which stay as they are for
+    // another attempt.
+    let mut head = Vec::new();
+    let (mut extra, mut n) = direct.map(Direct::pairs).unwrap_or_else(|| {
+        let none = [(&FORWARDING[4], &FALLBACK_PROTO); 6];
+        (none, 0)
+    });
+    // No Host at all (an HTTP/1.0 client): the endpoint's address.
+    let ep_host;
+    if !headers.contains_key(header::HOST) && !extra[..n].iter().any(|(k, _)| **k == header::HOST) {
+        ep_host = HeaderValue::from_str(&ep.to_string()).ok();
+        if let Some(v) = &ep_host {
+            extra[n] = (&FORWARDING[0], v);
+            n += 1;
+        }
     }
-    match lease
-        .sender
-        .try_send_request(build(method, Uri::from(pq.clone()), h, body, false))
-        .await
-    {
-        Ok(resp) => Ok((resp, Some(lease), in_flight)),
-        Err(mut e) => match e.take_message() {
-            // Not sent: the idle connection went away. Once more on a new one.
-            Some(req) if lease.reused => {
-                drop(lease);
-                match Box::pin(pool.connect(ep, cluster.connect_timeout)).await {
-                    Ok(mut fresh) => match fresh.sender.send_request(req).await {
-                        Ok(resp) => Ok((resp, Some(fresh), in_flight)),
-                        Err(e) => Err(SendError::Other(error_chain(&e))),
-                    },
-                    Err(ce) => {
-                        // Nothing was sent: the next attempt gets the headers.
-                        if !keep_copy {
-                            *headers = req.into_parts().0.headers;
-                        }
-                        Err(connect_err(ce))
-                    }
-                }
+    h1_codec::encode_request_head_with(
+        &mut head,
+        method,
+        pq.as_str(),
+        headers,
+        &extra[..n],
+        plan.framing,
+    );
+    let is_head = h1_client::is_head(method);
+    match h1_client::exchange(&mut lease.conn, &head, plan.framing, body, is_head).await {
+        Ok(resp) => Ok((h1_client::response(resp, lease).map(Inner::H1), in_flight)),
+        // The server closed the idle connection as the request went out:
+        // once more on a new one, when sending it twice does no harm.
+        Err(ExchangeError::Closed(e)) if lease.reused && plan.replayable && plan.idempotent => {
+            tracing::debug!(endpoint = %ep, error = %e, "reused upstream connection closed; sending again on a new one");
+            drop(lease);
+            let mut fresh = Box::pin(pool.connect(ep, cluster.connect_timeout))
+                .await
+                .map_err(connect_err)?;
+            match Box::pin(h1_client::exchange(
+                &mut fresh.conn,
+                &head,
+                plan.framing,
+                empty_body(),
+                is_head,
+            ))
+            .await
+            {
+                Ok(resp) => Ok((h1_client::response(resp, fresh).map(Inner::H1), in_flight)),
+                Err(e) => Err(SendError::Other(e.to_string())),
             }
-            _ => Err(SendError::Other(error_chain(e.error()))),
-        },
+        }
+        Err(e) => Err(SendError::Other(e.to_string())),
     }
 }
 

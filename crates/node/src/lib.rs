@@ -50,6 +50,7 @@
 
 pub mod cluster;
 pub mod forward;
+mod h1_client;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -61,7 +62,8 @@ mod upstream;
 
 pub(crate) use ::proxy_protocol as pp;
 
-use std::collections::HashMap;
+/// aHash: these maps are looked up per request or per handshake.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -185,8 +187,8 @@ impl Runtime {
             version: 0,
             tls: None,
             router: router::Router::default(),
-            route_series: HashMap::new(),
-            clusters: HashMap::new(),
+            route_series: HashMap::default(),
+            clusters: HashMap::default(),
             http: Arc::new(limits.http_builder()),
             limits,
         }
@@ -292,7 +294,8 @@ impl Node {
             )?)
         };
         let router = router::Router::compile(&snapshot.routes)?;
-        let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+        let mut clusters =
+            HashMap::with_capacity_and_hasher(snapshot.clusters.len(), Default::default());
         for c in &snapshot.clusters {
             let compiled = cluster::Cluster::compile(c, &self.clients, &self.endpoints)?;
             if clusters

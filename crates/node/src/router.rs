@@ -13,7 +13,8 @@
 //! A header condition matches when the header is present (`exact` empty) or
 //! one of its values equals `exact`; `invert` negates it.
 
-use std::collections::HashMap;
+/// aHash: these maps are looked up per request or per handshake.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::sync::Arc;
 
 use control_api::Route;
@@ -143,6 +144,14 @@ impl RouteEntry {
             self.methods.is_empty(),
             &self.name,
         )
+    }
+
+    /// Whether the route's request edits name one of `names`.
+    pub fn edits_request_header(&self, names: &[HeaderName]) -> bool {
+        self.request_remove
+            .iter()
+            .chain(self.request_add.iter().map(|(n, _)| n))
+            .any(|n| names.contains(n))
     }
 
     /// Applies the route's request header edits.

@@ -1,6 +1,7 @@
 //! Certificates by SNI, and the rustls server config built around them.
 
-use std::collections::HashMap;
+/// aHash: these maps are looked up per request or per handshake.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::sync::Arc;
 
 use control_api::Certificate;
@@ -87,8 +88,8 @@ impl CertResolver {
     /// does not parse.
     pub fn compile(certs: &[Certificate]) -> Result<Self, String> {
         let mut r = CertResolver {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: HashMap::default(),
+            wildcard: HashMap::default(),
             default: None,
             names: Vec::new(),
         };

@@ -2,10 +2,16 @@
 //!
 //! Clusters without PROXY share pools (one per connect and idle timeout,
 //! kept across config swaps so pools survive them): HTTP/1.1 clusters a
-//! [`SharedPool`] of `hyper::client::conn::http1` connections per endpoint
-//! (a lock taken twice per request, no URI rebuild, no connector, the
-//! newest idle connection first); h2 clusters a pooled `hyper_util` client
-//! (one multiplexed connection per endpoint).
+//! [`SharedPool`] of [`H1Conn`]s per endpoint (a lock taken twice per
+//! request, the newest idle connection first); h2 clusters a pooled
+//! `hyper_util` client (one multiplexed connection per endpoint).
+//!
+//! An [`H1Conn`] is a TCP stream and its read buffer, nothing else: the
+//! request that leases it writes the request and reads the response itself
+//! (see [`crate::h1_client`]), in the client connection's task, with no
+//! connection task or channel in between. An idle connection is checked
+//! before reuse without a syscall unless the poller saw it readable (the
+//! peer closed it or sent something unasked: either way it is dropped).
 //!
 //! Clusters with PROXY v2 cannot share a connection between clients: each
 //! upstream connection opens with the PROXY header of one client connection.
@@ -13,17 +19,19 @@
 //! client's upstream HTTP/1.1 connections, per endpoint, for reuse by its
 //! later requests; they close when the client connection ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// aHash: these maps are looked up per request.
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -91,8 +99,6 @@ pub(crate) enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, std::io::Error),
-    #[error("HTTP handshake with {0}: {1}")]
-    Handshake(SocketAddr, hyper::Error),
     #[error("PROXY header: {0}")]
     Header(String),
 }
@@ -109,9 +115,55 @@ pub(crate) struct ClientIdentity {
     pub unique_id: String,
 }
 
+/// An upstream HTTP/1.1 connection: the stream and the bytes read from it
+/// and not yet consumed.
+pub(crate) struct H1Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// Counted in a [`BoundPool`] slot while it lives.
+    _counted: Option<Counted>,
+}
+
+impl H1Conn {
+    /// Whether an idle connection can carry a request: nothing was
+    /// received since its last response (no close, no stray bytes). Costs
+    /// a syscall only when the poller saw the socket readable.
+    pub(crate) fn usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Keeps a [`BoundPool`] slot's count of open connections.
+struct Counted {
+    pool: Weak<BoundPool>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(slot) = slots.get_mut(&self.endpoint) {
+                slot.open = slot.open.saturating_sub(1);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Slot {
-    idle: Vec<http1::SendRequest<UpBody>>,
+    idle: Vec<H1Conn>,
     /// Pooled connections open (idle or busy).
     open: usize,
 }
@@ -131,7 +183,7 @@ enum Home {
 
 /// A connection in use by one request.
 pub(crate) struct Lease {
-    pub sender: http1::SendRequest<UpBody>,
+    pub conn: H1Conn,
     pub endpoint: SocketAddr,
     /// Counted in the pool: goes back there when the response is done.
     pooled: bool,
@@ -140,9 +192,10 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// Returns the connection to its pool (the response was read to its end).
+    /// Returns the connection to its pool (the response was read to its
+    /// end and the connection may persist).
     pub(crate) fn release(self) {
-        if !self.pooled || self.sender.is_closed() {
+        if !self.pooled || !self.conn.buf.is_empty() {
             return;
         }
         match self.home {
@@ -150,11 +203,11 @@ impl Lease {
                 if let Some(pool) = weak.upgrade() {
                     let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(slot) = slots.get_mut(&self.endpoint) {
-                        slot.idle.push(self.sender);
+                        slot.idle.push(self.conn);
                     }
                 }
             }
-            Home::Shared(pool) => pool.put(self.endpoint, self.sender),
+            Home::Shared(pool) => pool.put(self.endpoint, self.conn),
         }
     }
 }
@@ -198,7 +251,7 @@ impl PoolRef<'_> {
 pub(crate) const SHARED_IDLE_CAP: usize = 1024;
 
 struct Idle {
-    sender: http1::SendRequest<UpBody>,
+    conn: H1Conn,
     /// [`crate::cluster::now_ms`] when it went idle.
     since_ms: u64,
 }
@@ -218,7 +271,7 @@ impl SharedPool {
     pub(crate) fn new(idle_timeout: Duration) -> Arc<Self> {
         Arc::new(SharedPool {
             idle_timeout,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             reaper: std::sync::Once::new(),
         })
     }
@@ -227,20 +280,20 @@ impl SharedPool {
         u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
-    fn take(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<UpBody>> {
+    fn take(&self, endpoint: SocketAddr) -> Option<H1Conn> {
         let now = crate::cluster::now_ms();
         let idle_ms = self.idle_ms();
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let q = map.get_mut(&endpoint)?;
         while let Some(c) = q.pop_back() {
-            if !c.sender.is_closed() && now.saturating_sub(c.since_ms) < idle_ms {
-                return Some(c.sender);
+            if now.saturating_sub(c.since_ms) < idle_ms && c.conn.usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, endpoint: SocketAddr, sender: http1::SendRequest<UpBody>) {
+    fn put(&self, endpoint: SocketAddr, conn: H1Conn) {
         let now = crate::cluster::now_ms();
         let idle_ms = self.idle_ms();
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,7 +306,7 @@ impl SharedPool {
         }
         if q.len() < SHARED_IDLE_CAP {
             q.push_back(Idle {
-                sender,
+                conn,
                 since_ms: now,
             });
         }
@@ -274,9 +327,7 @@ impl SharedPool {
                     let idle_ms = pool.idle_ms();
                     let mut map = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
                     map.retain(|_, q| {
-                        q.retain(|c| {
-                            !c.sender.is_closed() && now.saturating_sub(c.since_ms) < idle_ms
-                        });
+                        q.retain(|c| now.saturating_sub(c.since_ms) < idle_ms && c.conn.usable());
                         !q.is_empty()
                     });
                 }
@@ -290,18 +341,14 @@ impl SharedPool {
         endpoint: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<Lease, ConnectError> {
-        while let Some(mut sender) = self.take(endpoint) {
-            // The previous response was read to its end; the connection is
-            // ready, or about to be.
-            if sender.ready().await.is_ok() {
-                return Ok(Lease {
-                    sender,
-                    endpoint,
-                    pooled: true,
-                    reused: true,
-                    home: Home::Shared(self.clone()),
-                });
-            }
+        if let Some(conn) = self.take(endpoint) {
+            return Ok(Lease {
+                conn,
+                endpoint,
+                pooled: true,
+                reused: true,
+                home: Home::Shared(self.clone()),
+            });
         }
         // Boxed: a rare path, kept out of the per-request future's size.
         Box::pin(self.connect(endpoint, connect_timeout)).await
@@ -314,14 +361,9 @@ impl SharedPool {
         connect_timeout: Duration,
     ) -> Result<Lease, ConnectError> {
         self.start_reaper();
-        let (sender, conn) = open(endpoint, connect_timeout, &[]).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%endpoint, error = %e, "upstream connection failed");
-            }
-        });
+        let conn = open(endpoint, connect_timeout, &[], None).await?;
         Ok(Lease {
-            sender,
+            conn,
             endpoint,
             pooled: true,
             reused: false,
@@ -335,7 +377,7 @@ impl BoundPool {
         Arc::new(BoundPool {
             identity,
             header: OnceLock::new(),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
         })
     }
 
@@ -382,7 +424,7 @@ impl BoundPool {
         candidates.into_iter().find(|a| {
             slots
                 .get(a)
-                .is_some_and(|s| s.idle.iter().any(|c| !c.is_closed()))
+                .is_some_and(|s| s.idle.iter().any(H1Conn::usable))
         })
     }
 
@@ -397,15 +439,10 @@ impl BoundPool {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
                 slots.get_mut(&endpoint).and_then(|s| s.idle.pop())
             };
-            let Some(mut sender) = idle else { break };
-            if sender.is_closed() {
-                continue;
-            }
-            // The previous response was read to its end; the connection is
-            // ready, or about to be.
-            if sender.ready().await.is_ok() {
+            let Some(conn) = idle else { break };
+            if conn.usable() {
                 return Ok(Lease {
-                    sender,
+                    conn,
                     endpoint,
                     pooled: true,
                     reused: true,
@@ -435,36 +472,14 @@ impl BoundPool {
                 false
             }
         };
-        let weak = Arc::downgrade(self);
-        let unpool = move || {
-            if let Some(pool) = weak.upgrade() {
-                let mut slots = pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(slot) = slots.get_mut(&endpoint) {
-                    slot.open = slot.open.saturating_sub(1);
-                }
-            }
-        };
-        let sender = match open(endpoint, connect_timeout, &header).await {
-            Ok((sender, conn)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%endpoint, error = %e, "bound upstream connection failed");
-                    }
-                    if pooled {
-                        unpool();
-                    }
-                });
-                sender
-            }
-            Err(e) => {
-                if pooled {
-                    unpool();
-                }
-                return Err(e);
-            }
-        };
+        let counted = pooled.then(|| Counted {
+            pool: Arc::downgrade(self),
+            endpoint,
+        });
+        // On failure, dropping `counted` gives the slot back.
+        let conn = open(endpoint, connect_timeout, &header, counted).await?;
         Ok(Lease {
-            sender,
+            conn,
             endpoint,
             pooled,
             reused: false,
@@ -473,13 +488,12 @@ impl BoundPool {
     }
 }
 
-type Conn = http1::Connection<TokioIo<TcpStream>, UpBody>;
-
 async fn open(
     endpoint: SocketAddr,
     connect_timeout: Duration,
     header: &[u8],
-) -> Result<(http1::SendRequest<UpBody>, Conn), ConnectError> {
+    counted: Option<Counted>,
+) -> Result<H1Conn, ConnectError> {
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
     {
         Err(_) => return Err(ConnectError::Timeout(endpoint)),
@@ -493,8 +507,9 @@ async fn open(
             .await
             .map_err(|e| ConnectError::Io(endpoint, e))?;
     }
-    http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError::Handshake(endpoint, e))
+    Ok(H1Conn {
+        stream,
+        buf: BytesMut::new(),
+        _counted: counted,
+    })
 }

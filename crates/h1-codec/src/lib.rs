@@ -1,0 +1,469 @@
+//! The HTTP/1.1 client side of a proxy's upstream exchange, sans-IO.
+//!
+//! The node writes requests to its app endpoints and reads their responses
+//! on connections it owns (no connection task, no channel between the
+//! request and its connection). This crate is the protocol half of that:
+//! it works on byte buffers only and never touches a socket.
+//!
+//! - [`encode_request_head`] writes a request line and headers with the
+//!   framing the caller chose ([`BodyFraming`]), dropping any
+//!   `Content-Length` / `Transfer-Encoding` of the header map so the two
+//!   cannot disagree.
+//! - [`parse_response`] takes a complete response head off the front of a
+//!   buffer (zero-copy: header values share the buffer) and decides how the
+//!   body is framed (RFC 9112 §6.3) and whether the connection may be
+//!   reused.
+//! - [`ChunkedDecoder`] decodes a chunked body incrementally, handing out
+//!   data as slices of the buffer.
+//!
+//! Every error here is the upstream's fault and leaves the connection
+//! unusable; none is safe to retry once a request was sent.
+
+#![forbid(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most headers a response may carry.
+pub const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line (with extensions) accepted.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section accepted (trailers are read and dropped).
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A malformed or oversized message from the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("invalid response header {0}")]
+    Header(String),
+    #[error("invalid or conflicting Content-Length")]
+    ContentLength,
+    #[error("invalid chunk size line")]
+    ChunkSize,
+    #[error("chunk data not followed by CRLF")]
+    ChunkCrlf,
+    #[error("trailer section larger than {MAX_TRAILERS} bytes")]
+    Trailers,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    /// The headers as received, framing headers included.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    /// A 1xx other than 101: another head follows on the connection.
+    pub fn is_interim(&self) -> bool {
+        self.status.is_informational() && self.status != StatusCode::SWITCHING_PROTOCOLS
+    }
+}
+
+/// Parses a response head at the front of `buf`. `Ok(None)`: not complete
+/// yet (and not over `max_head` bytes), nothing consumed. `Ok(Some)`: the
+/// head was removed from `buf`, which now starts with the body.
+/// `head_request`: the response answers a HEAD (no body whatever it says).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, Error> {
+    // Not initialised: httparse fills what it uses (4 KiB of zeroes per
+    // response otherwise).
+    let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > max_head {
+                Err(Error::HeadTooLarge(max_head))
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(Error::Head(e)),
+    };
+    if len > max_head || len > u32::MAX as usize {
+        return Err(Error::HeadTooLarge(max_head));
+    }
+    let code = resp.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Head(httparse::Error::Status))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where names and values are in the head: the parsed headers borrow
+    // the buffer; the values will share the head once it is split off.
+    let base = buf.as_ptr() as usize;
+    let count = resp.headers.len();
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        // Offsets inside a head of at most `max_head` (< 4 GiB) bytes.
+        *span = [
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        ];
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for [ns, ne, vs, ve] in spans.into_iter().take(count) {
+        let (ns, ne) = (ns as usize, ne as usize);
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| Error::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Error::Header(name.to_string()))?;
+        headers.append(name, value);
+    }
+    let (framing, mut keep_alive) = framing(status, version, &headers, head_request)?;
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body framing (RFC 9112 §6.3) and whether the connection persists.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<(Framing, bool), Error> {
+    // RFC 9112 §9.3: "close" wins in any version; HTTP/1.0 persists only
+    // with "keep-alive". §6.1: an HTTP/1.0 message with Transfer-Encoding
+    // has faulty framing, so the connection closes after it.
+    let mut keep_alive = !has_token(headers, header::CONNECTION, "close")
+        && match version {
+            Version::HTTP_11 => true,
+            _ => {
+                has_token(headers, header::CONNECTION, "keep-alive")
+                    && !headers.contains_key(header::TRANSFER_ENCODING)
+            }
+        };
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Both framings: Transfer-Encoding wins, and the connection is not
+        // trusted with another message.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            keep_alive = false;
+        }
+        return Ok(if last_coding_is_chunked(headers) {
+            (Framing::Chunked, keep_alive)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    match content_length(headers)? {
+        Some(n) => Ok((Framing::Length(n), keep_alive)),
+        None => Ok((Framing::Close, false)),
+    }
+}
+
+/// The message's `Content-Length`: every value (and list element) must be
+/// the same number.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = trim(part);
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Error::ContentLength);
+            }
+            // Leading zeros are allowed; a value past u64 is not.
+            let n = part
+                .iter()
+                .try_fold(0u64, |acc, d| {
+                    acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
+                .ok_or(Error::ContentLength)?;
+            match found {
+                Some(prev) if prev != n => return Err(Error::ContentLength),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a comma-separated header names `token` (case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// How the request body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body and no framing header.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (the body is sent with [`encode_chunk`]
+    /// and ends with [`LAST_CHUNK`]).
+    Chunked,
+}
+
+/// Appends a request head: `METHOD target HTTP/1.1`, the headers (minus
+/// `Content-Length` and `Transfer-Encoding`), then the framing header.
+pub fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: BodyFraming,
+) {
+    encode_request_head_with(out, method, target, headers, &[], body);
+}
+
+/// [`encode_request_head`] with `extra` headers written after those of the
+/// map (a proxy's own, e.g. `X-Forwarded-For`, without a map insert each).
+pub fn encode_request_head_with(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    extra: &[(&HeaderName, &HeaderValue)],
+    body: BodyFraming,
+) {
+    let estimate = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target.len()
+        + 64;
+    out.reserve(estimate);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in extra {
+        if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends the size line of a chunk of `len` bytes (> 0); the data follows,
+/// then [`CRLF`].
+pub fn encode_chunk(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+pub const CRLF: &[u8] = b"\r\n";
+
+/// What [`ChunkedDecoder::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Body data (never empty), split off the buffer.
+    Data(Bytes),
+    /// More input is needed.
+    Need,
+    /// The body ended (last chunk and trailers consumed).
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size,
+    Data(u64),
+    DataCrlf,
+    Trailers,
+    Done,
+}
+
+/// Incremental decoder of a chunked body. Strict: CRLF line ends, sizes in
+/// hex that fit in 64 bits; trailers are consumed and dropped.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    trailer_bytes: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: State::Size,
+            trailer_bytes: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Consumes what it can from the front of `buf`. Bytes after the end of
+    /// the body stay in `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, Error> {
+        loop {
+            match self.state {
+                // chunk-size = 1*HEXDIG: httparse reads a line without
+                // digits (an empty line) as size 0, the last chunk.
+                State::Size if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    return Err(Error::ChunkSize);
+                }
+                State::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.state = if size == 0 {
+                            State::Trailers
+                        } else {
+                            State::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return if buf.len() > MAX_CHUNK_LINE {
+                            Err(Error::ChunkSize)
+                        } else {
+                            Ok(Chunk::Need)
+                        };
+                    }
+                    Err(_) => return Err(Error::ChunkSize),
+                },
+                State::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Chunk::Need);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataCrlf
+                    } else {
+                        State::Data(left)
+                    };
+                    return Ok(Chunk::Data(data));
+                }
+                State::DataCrlf => {
+                    if buf.len() < 2 {
+                        return Ok(Chunk::Need);
+                    }
+                    if &buf[..2] != CRLF {
+                        return Err(Error::ChunkCrlf);
+                    }
+                    buf.advance(2);
+                    self.state = State::Size;
+                }
+                State::Trailers => {
+                    let Some(end) = buf.windows(2).position(|w| w == CRLF) else {
+                        return if self.trailer_bytes + buf.len() > MAX_TRAILERS {
+                            Err(Error::Trailers)
+                        } else {
+                            Ok(Chunk::Need)
+                        };
+                    };
+                    buf.advance(end + 2);
+                    if end == 0 {
+                        self.state = State::Done;
+                    } else {
+                        self.trailer_bytes += end + 2;
+                        if self.trailer_bytes > MAX_TRAILERS {
+                            return Err(Error::Trailers);
+                        }
+                    }
+                }
+                State::Done => return Ok(Chunk::Done),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
