@@ -420,7 +420,9 @@ pub(crate) enum Inner {
 /// The response body: a short local answer or the upstream's body, streamed.
 pub struct ProxyBody {
     inner: Inner,
-    finish: Option<Finish>,
+    /// Boxed: the body moves a few times on its way out (a 300-byte
+    /// copy each, otherwise).
+    finish: Option<Box<Finish>>,
 }
 
 impl ProxyBody {
@@ -500,14 +502,14 @@ fn local(
     log.status = status.as_u16();
     let mut resp = Response::new(ProxyBody {
         inner: Inner::Full(Some(Bytes::from_static(text.as_bytes()))),
-        finish: Some(Finish {
+        finish: Some(Box::new(Finish {
             node: ctx.node.clone(),
             log,
             start,
             bytes: 0,
             completed: false,
             _in_flight: None,
-        }),
+        })),
     });
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -805,14 +807,14 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             log.status = parts.status.as_u16();
             let body = ProxyBody {
                 inner: body,
-                finish: Some(Finish {
+                finish: Some(Box::new(Finish {
                     node: ctx.node.clone(),
                     log,
                     start,
                     bytes: 0,
                     completed: false,
                     _in_flight: Some(in_flight),
-                }),
+                })),
             };
             Response::from_parts(parts, body)
         }

@@ -163,7 +163,10 @@ impl Drop for Counted {
 
 #[derive(Default)]
 struct Slot {
-    idle: Vec<H1Conn>,
+    // Boxed on purpose: a connection moves between pool and lease as a
+    // pointer.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<H1Conn>>,
     /// Pooled connections open (idle or busy).
     open: usize,
 }
@@ -183,7 +186,8 @@ enum Home {
 
 /// A connection in use by one request.
 pub(crate) struct Lease {
-    pub conn: H1Conn,
+    /// Boxed: leases and pools move it around; the box goes with it.
+    pub conn: Box<H1Conn>,
     pub endpoint: SocketAddr,
     /// Counted in the pool: goes back there when the response is done.
     pooled: bool,
@@ -251,7 +255,7 @@ impl PoolRef<'_> {
 pub(crate) const SHARED_IDLE_CAP: usize = 1024;
 
 struct Idle {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     /// [`crate::cluster::now_ms`] when it went idle.
     since_ms: u64,
 }
@@ -280,7 +284,7 @@ impl SharedPool {
         u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
-    fn take(&self, endpoint: SocketAddr) -> Option<H1Conn> {
+    fn take(&self, endpoint: SocketAddr) -> Option<Box<H1Conn>> {
         let now = crate::cluster::now_ms();
         let idle_ms = self.idle_ms();
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,7 +297,7 @@ impl SharedPool {
         None
     }
 
-    fn put(&self, endpoint: SocketAddr, conn: H1Conn) {
+    fn put(&self, endpoint: SocketAddr, conn: Box<H1Conn>) {
         let now = crate::cluster::now_ms();
         let idle_ms = self.idle_ms();
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -424,7 +428,7 @@ impl BoundPool {
         candidates.into_iter().find(|a| {
             slots
                 .get(a)
-                .is_some_and(|s| s.idle.iter().any(H1Conn::usable))
+                .is_some_and(|s| s.idle.iter().any(|c| c.usable()))
         })
     }
 
@@ -493,7 +497,7 @@ async fn open(
     connect_timeout: Duration,
     header: &[u8],
     counted: Option<Counted>,
-) -> Result<H1Conn, ConnectError> {
+) -> Result<Box<H1Conn>, ConnectError> {
     let mut stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
     {
         Err(_) => return Err(ConnectError::Timeout(endpoint)),
@@ -507,9 +511,9 @@ async fn open(
             .await
             .map_err(|e| ConnectError::Io(endpoint, e))?;
     }
-    Ok(H1Conn {
+    Ok(Box::new(H1Conn {
         stream,
         buf: BytesMut::new(),
         _counted: counted,
-    })
+    }))
 }
