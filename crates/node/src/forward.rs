@@ -1000,7 +1000,10 @@ async fn send(
     );
     let is_head = h1_client::is_head(method);
     match h1_client::exchange(&mut lease.conn, &head, plan.framing, body, is_head).await {
-        Ok(resp) => Ok((h1_client::response(resp, lease).map(Inner::H1), in_flight)),
+        Ok(resp) => Ok((
+            h1_client::response(resp, lease, cluster.response_timeout).map(Inner::H1),
+            in_flight,
+        )),
         // The server closed the idle connection as the request went out:
         // once more on a new one, when sending it twice does no harm.
         Err(ExchangeError::Closed(e)) if lease.reused && plan.replayable && plan.idempotent => {
@@ -1018,7 +1021,10 @@ async fn send(
             ))
             .await
             {
-                Ok(resp) => Ok((h1_client::response(resp, fresh).map(Inner::H1), in_flight)),
+                Ok(resp) => Ok((
+                    h1_client::response(resp, fresh, cluster.response_timeout).map(Inner::H1),
+                    in_flight,
+                )),
                 Err(e) => Err(SendError::Other(e.to_string())),
             }
         }

@@ -7,8 +7,12 @@
 //! task directly (no connection task, no channel, no second wake-up per
 //! request as with `hyper::client::conn`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use bytes::{Buf, Bytes};
 use h1_codec::{BodyFraming, Chunk, ChunkedDecoder, Framing, ResponseHead};
@@ -150,8 +154,11 @@ async fn write(conn: &mut H1Conn, bytes: &[u8], sent_any: bool) -> Result<(), Ex
     }
 }
 
-/// The response (head as parsed, body streamed from the connection).
-pub(crate) fn response(head: ResponseHead, lease: Lease) -> Response<H1Body> {
+/// The response (head as parsed, body streamed from the connection). The
+/// upstream may stay silent inside the body for at most `stall` (the
+/// cluster's response timeout, as HAProxy's `timeout server`); past that
+/// the body fails and the client's response is cut.
+pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Response<H1Body> {
     let state = match head.framing {
         Framing::Empty | Framing::Length(0) => State::Done,
         Framing::Length(n) => State::Length(n),
@@ -162,6 +169,9 @@ pub(crate) fn response(head: ResponseHead, lease: Lease) -> Response<H1Body> {
         lease: Some(lease),
         state,
         keep_alive: head.keep_alive,
+        stall,
+        timer: None,
+        progressed: false,
     };
     if matches!(body.state, State::Done) {
         body.finish();
@@ -188,6 +198,13 @@ pub(crate) struct H1Body {
     lease: Option<Lease>,
     state: State,
     keep_alive: bool,
+    /// Longest silence of the upstream inside the body.
+    stall: Duration,
+    /// Armed at the first read that has to wait (most small bodies come
+    /// with their head and never need it).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes came since the timer was last set.
+    progressed: bool,
 }
 
 impl H1Body {
@@ -199,6 +216,13 @@ impl H1Body {
             lease.release();
         }
     }
+}
+
+fn stalled(after: Duration) -> BoxError {
+    Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("upstream sent nothing inside the response body for {after:?}"),
+    ))
 }
 
 fn truncated() -> BoxError {
@@ -255,17 +279,27 @@ impl Body for H1Body {
             }
             // More bytes are needed.
             conn.buf.reserve(READ_CHUNK);
-            let n = match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut conn.stream),
-                cx,
-                &mut conn.buf
-            )) {
-                Ok(n) => n,
-                Err(e) => {
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf);
+            let n = match read {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
                     this.lease = None;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
+                Poll::Pending => {
+                    let deadline = Instant::now() + this.stall;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if std::mem::take(&mut this.progressed) {
+                        timer.as_mut().reset(deadline);
+                    }
+                    ready!(timer.as_mut().poll(cx));
+                    this.lease = None;
+                    return Poll::Ready(Some(Err(stalled(this.stall))));
+                }
             };
+            this.progressed = true;
             if n == 0 {
                 if matches!(this.state, State::Close) {
                     this.state = State::Done;
