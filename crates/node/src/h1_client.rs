@@ -49,6 +49,10 @@ pub(crate) enum ExchangeError {
     Protocol(#[from] h1_codec::Error),
     #[error("upstream answered 101 Switching Protocols to a request without an upgrade")]
     Upgrade,
+    /// Only `chunked` is decoded; other codings would reach the client
+    /// unlabelled once the header is stripped as hop-by-hop.
+    #[error("upstream used an unsupported transfer coding: {0:?}")]
+    Coding(String),
 }
 
 /// Writes the request (`head` already encoded with `framing`) and its body,
@@ -63,9 +67,28 @@ pub(crate) async fn exchange(
     let closed = |e: std::io::Error| ExchangeError::Closed(e.to_string());
     if framing == BodyFraming::None {
         conn.stream.write_all(head).await.map_err(closed)?;
-    } else {
-        send_body(conn, head, framing, body).await?;
+    } else if let Err(e) = send_body(conn, head, framing, body).await {
+        // An app may answer early (a 413, say) and stop reading: its answer
+        // may be waiting, and is worth more than the write error.
+        return match e {
+            ExchangeError::Io(_) | ExchangeError::Closed(_) => {
+                match read_head(conn, head_request).await {
+                    Ok(mut resp) => {
+                        resp.keep_alive = false;
+                        Ok(resp)
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            e => Err(e),
+        };
     }
+    read_head(conn, head_request).await
+}
+
+/// Reads the final response head (interim 1xx skipped).
+async fn read_head(conn: &mut H1Conn, head_request: bool) -> Result<ResponseHead, ExchangeError> {
+    let closed = |e: std::io::Error| ExchangeError::Closed(e.to_string());
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
@@ -78,6 +101,15 @@ pub(crate) async fn exchange(
                 }
                 if resp.is_interim() {
                     continue;
+                }
+                let mut codings = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+                if let Some(te) = codings.next()
+                    && (codings.next().is_some()
+                        || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                {
+                    return Err(ExchangeError::Coding(
+                        String::from_utf8_lossy(te.as_bytes()).into_owned(),
+                    ));
                 }
                 return Ok(resp);
             }
@@ -176,10 +208,17 @@ pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Res
     if matches!(body.state, State::Done) {
         body.finish();
     }
+    let mut headers = head.headers;
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
+    // intermediary forwarding such a message removes the latter (the
+    // body goes to the client re-framed).
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = head.headers;
+    *resp.headers_mut() = headers;
     resp
 }
 
