@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use control_api::pb::{HashOn, UpstreamProtocol};
 use control_api::{LbPolicy, UpstreamProxyProtocol};
@@ -41,9 +41,14 @@ const BUDGET_MIN_RETRIES: u64 = 3;
 
 /// Milliseconds since the first call (never 0).
 pub(crate) fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    // CLOCK_MONOTONIC_COARSE: the kernel's last tick, read without the
+    // TSC (a few ns, against ~25 for `Instant::now` on a VM's clock), and a
+    // few reads per request; timers in milliseconds need no more.
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let ms = u64::try_from(t.tv_sec).unwrap_or(0) * 1000
+        + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
+    // Never 0 (0 means "never" in the endpoint state).
+    ms + 1
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,6 +488,9 @@ impl Cluster {
     pub fn pick(&self, exclude: &[usize], hash: u64) -> Option<usize> {
         let now = now_ms();
         let usable = |i: usize| !exclude.contains(&i) && self.endpoints[i].state.available(now);
+        if self.endpoints.len() == 1 {
+            return usable(0).then_some(0);
+        }
         let cands: Vec<usize> = (0..self.endpoints.len()).filter(|&i| usable(i)).collect();
         match cands.len() {
             0 => return None,

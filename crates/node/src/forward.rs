@@ -729,7 +729,13 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
         log.attempts += 1;
         let attempt_body = body.take().unwrap_or_else(empty_body);
         let keep_copy = replayable && retries_left > 0 && status_retry;
-        let sent_at = Instant::now();
+        // The first attempt starts now, as far as a clock can tell (one
+        // read fewer per request).
+        let sent_at = if log.attempts == 1 {
+            start
+        } else {
+            Instant::now()
+        };
         let outgoing = Outgoing {
             method: &method,
             pq: &pq,
@@ -744,7 +750,8 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
             (&mut headers, keep_copy),
             attempt_body,
         );
-        let r = tokio::time::timeout(cluster.response_timeout, send)
+        let deadline = tokio::time::Instant::from_std(sent_at) + cluster.response_timeout;
+        let r = tokio::time::timeout_at(deadline, send)
             .await
             .unwrap_or(Err(SendError::Timeout));
         let waited = sent_at.elapsed().as_secs_f64();

@@ -3,8 +3,9 @@
 //! A node accepts TCP connections (usually relayed by a director, which opens
 //! each with a PROXY v2 header carrying the real client address), terminates
 //! TLS with rustls (certificate chosen by SNI), routes HTTP requests by host
-//! and path to an application cluster and proxies them with hyper, telling the
-//! application who the client is (X-Forwarded-For, or a PROXY v2 header on the
+//! and path to an application cluster and proxies them (hyper serves the
+//! client; HTTP/1.1 apps are reached with the node's own client, see
+//! `h1_client`, h2 apps with hyper's), telling the application who the client is (X-Forwarded-For, or a PROXY v2 header on the
 //! upstream connection when the cluster asks for it).
 //!
 //! A request passes these stages, one module each: [`listener`] (accept,
@@ -39,6 +40,16 @@
 //!   headers. A request that still shows both (h2 cannot carry
 //!   `Transfer-Encoding` at all) is refused with 400.
 //! - A body refused part-way with 413 closes the h1 connection.
+//!
+//! ## Upstream timeouts
+//!
+//! Per cluster: `connect_timeout_ms` (a failed connect is retried on another
+//! endpoint), `response_timeout_ms` (request sent to response head: 504; for
+//! HTTP/1.1 apps also the longest silence inside a response body, past which
+//! the client's response is cut), `idle_timeout_ms` (pooled connections).
+//! Responses from HTTP/1.1 apps are checked on the way (RFC 9112): a bad
+//! status line, conflicting lengths, a head over 64 KiB, a transfer coding
+//! other than `chunked` or an unasked 101 give 502.
 //!
 //! ## Drain
 //!
