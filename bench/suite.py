@@ -13,14 +13,19 @@ import re
 import statistics
 import sys
 
+# A case that is another case plus one change: its rows also note the
+# system's rps as a fraction of its rps in the base case (same run).
+BASE_CASE = {"h1-100B-pp": "h1-100B"}
+
 # Display order.
-SYSTEM_ORDER = ["haproxy", "haproxy-tcp", "nginx", "tandem-node", "tandem-director",
+SYSTEM_ORDER = ["haproxy", "haproxy-reuse-always", "haproxy-tcp", "nginx", "tandem-node", "tandem-director",
                 "tandem-node-wt1", "tandem-node-wt2", "tandem-node-wt4",
                 "tandem-node-r10", "tandem-node-r1000"]
-CASE_ORDER = ["h1-100B", "h1-16k", "tls-h1-100B", "tls-new-full", "tls-seq-full",
+CASE_ORDER = ["h1-100B", "h1-100B-pp", "h1-16k", "tls-h1-100B", "tls-new-full", "tls-seq-full",
               "tls-seq-resumed", "h2-m10", "idle-tls", "close-100B", "long-1MiB"]
 CASE_TITLE = {
     "h1-100B": "HTTP/1.1 keep-alive, 100 B",
+    "h1-100B-pp": "HTTP/1.1 keep-alive, 100 B, PROXY v2 to the origin",
     "h1-16k": "HTTP/1.1 keep-alive, 16 KiB",
     "tls-h1-100B": "TLS keep-alive, 100 B",
     "tls-new-full": "new TLS conn per request (full handshake), 50 at a time",
@@ -123,6 +128,13 @@ def table(agg):
             got = sum(int(m.group(1)) for m in resumed)
             total = sum(int(m.group(2)) for m in resumed)
             notes = [f"server resumed {got:,} of {total:,} connections"]
+        base = None
+        if c in BASE_CASE:
+            # haproxy-reuse-always is haproxy with another backend setting
+            base = agg.get((s, BASE_CASE[c])) or (
+                agg.get(("haproxy", BASE_CASE[c])) if s.startswith("haproxy-reuse") else None)
+        if base and a["rps"] and base["rps"] and base["rps"][0]:
+            notes.append(f"{a['rps'][0] / base['rps'][0]:.2f}× its {BASE_CASE[c]} rps")
         if a["errors"] and c != "idle-tls":
             notes.append(f"{a['errors']} errors")
         if a["foreign"] > 10:
@@ -217,6 +229,19 @@ def main():
         "utime+stime of the system's process tree from /proc ÷ requests × 100,000 (= µs per "
         "request ÷ 10); for handshake rows, per connection. RSS = the tree's VmRSS after the run. "
         "KiB / idle conn = RSS growth ÷ connections still established at the sample.")
+    if any(c == "h1-100B-pp" for _, c in agg):
+        parts.append(
+            "\nh1-100B-pp: the proxy sends PROXY v2 to the origin's `proxy_protocol` listener, so "
+            "an upstream connection carries one client: HAProxy 2.6 reuses a server connection only "
+            "for the same PROXY block (client address and port), the node binds one upstream "
+            "connection to each client connection. `haproxy` runs this case with `http-reuse never` "
+            "(nothing reusable is lost, see bench/conf/haproxy.cfg); `haproxy-reuse-always` is the "
+            "same with `http-reuse always`, where 2.6 keeps the dead idle connections of closed "
+            "client connections and then opens a new server connection for almost every request "
+            "(../shared/bench/BASELINE.md's 0.24× anchor). "
+            "The tandem-node rows come from a second node instance whose only cluster has "
+            "`proxy_protocol = \"v2\"`, so the other cases keep their config. nginx has no row: its "
+            "http proxy cannot send the PROXY protocol (`proxy_protocol on` is stream-module only).")
     text = "\n".join(parts) + "\n"
     print(text)
     if a.table:

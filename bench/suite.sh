@@ -20,6 +20,15 @@
 #
 # Cases:
 #   h1-100B, h1-16k   HTTP/1.1 keep-alive GET, wrk -t1 -c$CONNS --latency
+#   h1-100B-pp        h1-100B, but the proxy sends PROXY v2 to the origin (its
+#                     19090 listener): HAProxy `mode http` + send-proxy-v2 with
+#                     `http-reuse never` (fe_http_pp, 19103; see haproxy.cfg for why),
+#                     the same with `http-reuse always` as system haproxy-reuse-always
+#                     (fe_http_pp_always, 19104), and a second tandem node (19310) whose
+#                     one cluster has proxy_protocol = "v2". Not nginx: its http proxy
+#                     cannot send the PROXY protocol (`proxy_protocol on` is stream-only).
+#                     Checked first: /whoami from 127.0.0.7 must reach the origin as
+#                     proxy_protocol_addr=127.0.0.7.
 #   tls-h1-100B       the same over TLS 1.3 (ECDSA P-256 certificate made per run)
 #   tls-new-full      wrk with `Connection: close` over TLS: one connection and one
 #                     full handshake per request (wrk never resumes), $CONNS at a time
@@ -35,7 +44,8 @@
 #   scale: tandem-node-wt{1,2,4} (worker threads) and tandem-node-r{10,1000}
 #     (routes; the request hits the last route in precedence order), h1-100B.
 #
-# Everything is on 127.0.0.1, ports 19080-19444 (not the shared harness's). Every
+# Everything is on 127.0.0.1, ports 19080-19444 (not the shared harness's); the
+# PROXY-protocol check connects from 127.0.0.7. Every
 # process started here is stopped by PID on exit, also on Ctrl-C. Every load run is
 # bounded by -d/-D/-time plus `timeout`.
 set -u -o pipefail
@@ -179,14 +189,19 @@ start_origin() {
     [[ "$(curl -s http://127.0.0.1:19080/1m | wc -c)" == 1048576 ]] || die "origin serves the wrong body"
 }
 
-node_config() {  # node_config FILE ROUTES: ROUTES-1 prefix routes that miss, then "/"
-    local f="$1" n="$2" i
+node_config() {  # node_config FILE ROUTES [PP]: ROUTES-1 prefix routes that miss, then "/"
+    # PP=v2: the one cluster sends PROXY v2 to the origin's proxy_protocol listener
+    local f="$1" n="$2" pp="${3:-}" i
     {
         # Limits as for HAProxy and nginx here: 30000 connections, idle
         # keep-alive connections kept 120 s (the node's request-head timeout,
         # 10 s by default, also closes idle keep-alive connections).
         printf '[listener]\nmax_connections = 30000\nheader_read_timeout_ms = 120000\n\n'
-        printf '[[clusters]]\nname = "origin"\nlb_policy = "round_robin"\nendpoints = [{ address = "127.0.0.1:19080", weight = 1 }]\n\n'
+        if [[ "$pp" == v2 ]]; then
+            printf '[[clusters]]\nname = "origin"\nlb_policy = "round_robin"\nproxy_protocol = "v2"\nendpoints = [{ address = "127.0.0.1:19090", weight = 1 }]\n\n'
+        else
+            printf '[[clusters]]\nname = "origin"\nlb_policy = "round_robin"\nendpoints = [{ address = "127.0.0.1:19080", weight = 1 }]\n\n'
+        fi
         for ((i = 1; i < n; i++)); do
             printf '[[routes]]\nname = "r%04d"\npath_prefix = "/svc%04d/"\ncluster = "origin"\n\n' "$i" "$i"
         done
@@ -207,7 +222,8 @@ start_sut() {  # start_sut KIND [ARG]: sets CUR
         render haproxy.cfg
         taskset -c "$SUT_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
         CUR=$!; STARTED+=("$CUR")
-        wait_port 19100 "$CUR" && wait_port 19443 "$CUR" && wait_port 19102 "$CUR" ;;
+        wait_port 19100 "$CUR" && wait_port 19443 "$CUR" && wait_port 19102 "$CUR" \
+            && wait_port 19103 "$CUR" && wait_port 19104 "$CUR" ;;
       nginx)
         render nginx-proxy.conf
         taskset -c "$SUT_CPU" nginx -p "$RUN/" -e "$RUN/nginx-proxy.error.log" -c "$RUN/nginx-proxy.conf" &
@@ -228,6 +244,13 @@ start_sut() {  # start_sut KIND [ARG]: sets CUR
             >"$RUN/node.log" 2>&1 &
         CUR=$!; STARTED+=("$CUR")
         wait_port 19300 "$CUR" && wait_port 19301 "$CUR" ;;
+      node-pp)  # a second node for h1-100B-pp, so the node's other cases keep their config
+        node_config "$RUN/node-pp.toml" 1 v2
+        env "${envs[@]}" taskset -c "$SUT_CPU" "$BIN" node --id bench-pp --config "$RUN/node-pp.toml" \
+            --listen 127.0.0.1:19311 --plain-listen 127.0.0.1:19310 --proxy-protocol off \
+            >"$RUN/node-pp.log" 2>&1 &
+        CUR=$!; STARTED+=("$CUR")
+        wait_port 19310 "$CUR" && wait_port 19311 "$CUR" ;;
       director)
         printf '[[services]]\nname = "bench"\naddress = "127.0.0.1:19302"\nnode_pool = "default"\n\n[[nodes]]\nid = "origin"\naddress = "127.0.0.1:19090"\nweight = 100\nstate = "ACTIVE"\n' > "$RUN/director.toml"
         env "${envs[@]}" taskset -c "$SUT_CPU" "$BIN" director --id bench --config "$RUN/director.toml" \
@@ -371,9 +394,25 @@ check_body() {  # check_body NAME URL BYTES: the system really proxies
     local got; got=$(curl -sk --max-time 5 "$2" | wc -c)
     [[ "$got" == "$3" ]] || { log "$1: $2 gave $got bytes, not $3"; return 1; }
 }
+check_pp() {  # check_pp NAME PORT: the origin's PROXY v2 listener sees the client's address
+    # The client binds 127.0.0.7, so an origin that saw the proxy's own
+    # address (127.0.0.1) in place of the PROXY header's would fail.
+    local got
+    got=$(curl -s --max-time 5 --interface 127.0.0.7 "http://127.0.0.1:$2/whoami")
+    note "PP check $1: origin /whoami said: ${got:-nothing}"
+    [[ "$got" == "proxy_protocol_addr=127.0.0.7 "* ]] || { log "$1: PROXY v2 check failed: h1-100B-pp not measured"; return 1; }
+    check_body "$1" "http://127.0.0.1:$2/100" 100
+}
+pp_case() {  # pp_case SYSTEM PORT: h1-100B-pp (PROXY v2 to the origin), REPS runs
+    local sys="$1" p="$2"
+    [[ "h1-100B-pp" =~ $CASES ]] || return 0
+    check_pp "$sys" "$p" || return 0
+    warm "http://127.0.0.1:$p/100"
+    for REP in $(seq "$REPS"); do measure "$sys" h1-100B-pp wrk "http://127.0.0.1:$p/100"; done
+}
 
 # ------------------------------------------------------------ main
-for port in 19080 19090 19100 19102 19443 19200 19444 19300 19301 19302; do
+for port in 19080 19090 19100 19102 19103 19104 19443 19200 19444 19300 19301 19302 19310 19311; do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use (a leftover run?)"
 done
 printf 'system\tcase\trep\ttool\tconns\tduration_s\trequests\trps\tmb_s\tp50_ms\tp99_ms\tavg_ms\terrors\tsut_cpu_s\tcpu_s_per_100k\trss_kb\tkb_per_conn\tsut_core_pct\tclient_core_pct\tforeign_pct\tnote\n' > "$TSV"
@@ -398,6 +437,8 @@ for s in $SYSTEMS; do
             check_body haproxy https://127.0.0.1:19443/16k 16384 || { stop_sut; continue; }
             warm http://127.0.0.1:19100/100
             reps l7_cases haproxy 19100 19443
+            pp_case haproxy 19103
+            pp_case haproxy-reuse-always 19104
             measure_idle haproxy 19443
         else
             check_body haproxy-tcp http://127.0.0.1:19102/1m 1048576 || { stop_sut; continue; }
@@ -412,6 +453,7 @@ for s in $SYSTEMS; do
         warm http://127.0.0.1:19200/100
         reps l7_cases nginx 19200 19444
         measure_idle nginx 19444
+        [[ "h1-100B-pp" =~ $CASES ]] && note "h1-100B-pp nginx: not measured: nginx's http proxy cannot send the PROXY protocol to an upstream (\`proxy_protocol on\` exists only in the stream module)"
         stop_sut ;;
       tandem-node)
         start_sut node 1 || { log "node did not start: $(tail -3 "$RUN/node.log")"; stop_sut; continue; }
@@ -420,7 +462,13 @@ for s in $SYSTEMS; do
         warm http://127.0.0.1:19300/100
         reps l7_cases tandem-node 19300 19301
         measure_idle tandem-node 19301
-        stop_sut ;;
+        stop_sut
+        if [[ "h1-100B-pp" =~ $CASES ]]; then
+            start_sut node-pp || { log "node-pp did not start: $(tail -3 "$RUN/node-pp.log")"; stop_sut; continue; }
+            log "== tandem-node, second instance with a PROXY v2 cluster (pid $CUR)"
+            pp_case tandem-node 19310
+            stop_sut
+        fi ;;
       tandem-director)
         start_sut director || { log "director did not start: $(tail -3 "$RUN/director.log")"; stop_sut; continue; }
         log "== tandem-director (pid $CUR)"
