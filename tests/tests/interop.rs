@@ -470,6 +470,9 @@ http {{
                 ..Default::default()
             }],
             proxy_protocol: pb::UpstreamProxyProtocol::V2 as i32,
+            // HAProxy checks the CRC32C TLV when present (and drops the
+            // connection on a mismatch); nginx skips it.
+            proxy_protocol_crc32c: true,
             ..Default::default()
         }));
         changes.push(change::Change::PutRoute(pb::Route {

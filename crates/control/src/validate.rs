@@ -293,6 +293,14 @@ impl Validator {
                 ),
             );
         }
+        if c.proxy_protocol_crc32c
+            && UpstreamProxyProtocol::try_from(c.proxy_protocol) != Ok(UpstreamProxyProtocol::V2)
+        {
+            self.err(
+                format!("{p}.proxy_protocol_crc32c"),
+                "needs proxy_protocol V2 (there is no PROXY header to check otherwise)".to_string(),
+            );
+        }
         if UpstreamProtocol::try_from(c.upstream_protocol).is_err() {
             self.err(
                 format!("{p}.upstream_protocol"),
@@ -764,6 +772,31 @@ mod tests {
         assert!(!is_dns_name("a_b.com"));
         assert!(!is_dns_name("example.com."));
         assert!(!is_dns_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn crc32c_needs_a_proxy_header() {
+        let mut c = control_api::pb::Cluster {
+            name: "app".into(),
+            endpoints: vec![Endpoint {
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+            }],
+            proxy_protocol_crc32c: true,
+            ..Default::default()
+        };
+        let s = |c: &control_api::pb::Cluster| Snapshot {
+            clusters: vec![c.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            messages(&s(&c)),
+            vec![
+                r#"clusters["app"].proxy_protocol_crc32c: needs proxy_protocol V2 (there is no PROXY header to check otherwise)"#
+            ]
+        );
+        c.proxy_protocol = UpstreamProxyProtocol::V2 as i32;
+        assert_eq!(messages(&s(&c)), Vec::<String>::new());
     }
 
     #[test]

@@ -255,6 +255,8 @@ pub struct Cluster {
     /// Open each upstream connection with a PROXY v2 header (and bind it to
     /// its client connection).
     pub proxy_v2: bool,
+    /// The PROXY headers carry a CRC32C TLV.
+    pub proxy_crc32c: bool,
     /// h2 (prior knowledge) to the endpoints.
     pub h2: bool,
     pub connect_timeout: Duration,
@@ -460,6 +462,7 @@ impl Cluster {
             policy,
             hash_key,
             proxy_v2,
+            proxy_crc32c: proxy_v2 && c.proxy_protocol_crc32c,
             h2,
             connect_timeout,
             response_timeout: ms_or(c.response_timeout_ms, DEFAULT_RESPONSE_TIMEOUT),

@@ -33,7 +33,7 @@ use crate::h1_client::{self, ExchangeError, H1Body};
 use crate::limits::CappedBody;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
-use crate::upstream::{BoundPool, BoxError, ConnectError, PoolRef, UpBody};
+use crate::upstream::{BoundPool, BoxError, ConnectError, Opener, PoolRef, UpBody};
 use h1_codec::BodyFraming;
 
 pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
@@ -976,9 +976,22 @@ async fn send(
         ctx.node.metrics.upstream_connect_errors.inc();
         SendError::Connect(e.to_string())
     };
+    // A PROXY cluster's new connection names the request that opens it.
+    let request_id = if cluster.proxy_v2 {
+        headers
+            .get(X_REQUEST_ID)
+            .or_else(|| direct.and_then(|d| d.request_id.as_ref()))
+            .cloned()
+    } else {
+        None
+    };
+    let opener = Opener {
+        request_id: request_id.as_ref().map(HeaderValue::as_bytes),
+        crc32c: cluster.proxy_crc32c,
+    };
     // Connect first: a connect failure leaves the request for a retry.
     let mut lease = pool
-        .acquire(ep, cluster.connect_timeout)
+        .acquire(ep, cluster.connect_timeout, opener)
         .await
         .map_err(connect_err)?;
     // The head is encoded from the headers, which stay as they are for
@@ -1016,7 +1029,7 @@ async fn send(
         Err(ExchangeError::Closed(e)) if lease.reused && plan.replayable && plan.idempotent => {
             tracing::debug!(endpoint = %ep, error = %e, "reused upstream connection closed; sending again on a new one");
             drop(lease);
-            let mut fresh = Box::pin(pool.connect(ep, cluster.connect_timeout))
+            let mut fresh = Box::pin(pool.connect(ep, cluster.connect_timeout, opener))
                 .await
                 .map_err(connect_err)?;
             match Box::pin(h1_client::exchange(

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 /// aHash: these maps are looked up per request.
 type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -171,10 +171,21 @@ struct Slot {
     open: usize,
 }
 
+/// What the request that opens a bound upstream connection puts in its
+/// PROXY header beyond the client connection's identity.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Opener<'a> {
+    /// The request's id (its `X-Request-Id`), as the UNIQUE_ID TLV: an app
+    /// finds the connection's first request by it. At most 128 bytes (the
+    /// TLV's limit); else, or without one, the client connection's id.
+    pub request_id: Option<&'a [u8]>,
+    /// Add a CRC32C TLV.
+    pub crc32c: bool,
+}
+
 /// The upstream connections bound to one client connection.
 pub(crate) struct BoundPool {
     identity: ClientIdentity,
-    header: OnceLock<Result<Bytes, String>>,
     slots: Mutex<HashMap<SocketAddr, Slot>>,
 }
 
@@ -231,9 +242,10 @@ impl PoolRef<'_> {
         self,
         endpoint: SocketAddr,
         connect_timeout: Duration,
+        opener: Opener<'_>,
     ) -> Result<Lease, ConnectError> {
         match self {
-            PoolRef::Bound(p) => p.acquire(endpoint, connect_timeout).await,
+            PoolRef::Bound(p) => p.acquire(endpoint, connect_timeout, opener).await,
             PoolRef::Shared(p) => p.acquire(endpoint, connect_timeout).await,
         }
     }
@@ -243,9 +255,10 @@ impl PoolRef<'_> {
         self,
         endpoint: SocketAddr,
         connect_timeout: Duration,
+        opener: Opener<'_>,
     ) -> Result<Lease, ConnectError> {
         match self {
-            PoolRef::Bound(p) => p.connect(endpoint, connect_timeout).await,
+            PoolRef::Bound(p) => p.connect(endpoint, connect_timeout, opener).await,
             PoolRef::Shared(p) => p.connect(endpoint, connect_timeout).await,
         }
     }
@@ -380,38 +393,43 @@ impl BoundPool {
     pub(crate) fn new(identity: ClientIdentity) -> Arc<Self> {
         Arc::new(BoundPool {
             identity,
-            header: OnceLock::new(),
             slots: Mutex::new(HashMap::default()),
         })
     }
 
-    fn header(&self) -> Result<Bytes, ConnectError> {
-        self.header
-            .get_or_init(|| {
-                let id = &self.identity;
-                let mut h = pp::Header::proxy(id.client, id.destination);
-                if let Some(sni) = &id.sni {
-                    h = h.with_tlv(pp::tlv::AUTHORITY, sni.as_bytes().to_vec());
-                }
-                if let Some(alpn) = &id.alpn {
-                    h = h.with_tlv(pp::tlv::ALPN, alpn.clone());
-                }
-                h = h.with_tlv(pp::tlv::UNIQUE_ID, id.unique_id.as_bytes().to_vec());
-                if let Some((version, cipher)) = &id.tls {
-                    let ssl = pp::ssl_tlv(
-                        pp::ssl_client::SSL,
-                        0,
-                        &[
-                            pp::Tlv::new(pp::tlv::SSL_VERSION, version.as_bytes()),
-                            pp::Tlv::new(pp::tlv::SSL_CIPHER, cipher.as_bytes()),
-                        ],
-                    );
-                    h = h.with_tlv(ssl.kind, ssl.value);
-                }
-                h.to_bytes().map(Bytes::from).map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(ConnectError::Header)
+    /// The PROXY header of a new upstream connection (made per connection:
+    /// its UNIQUE_ID is the opening request's id).
+    fn header(&self, opener: Opener<'_>) -> Result<Bytes, ConnectError> {
+        let id = &self.identity;
+        let mut h = pp::Header::proxy(id.client, id.destination);
+        if let Some(sni) = &id.sni {
+            h = h.with_tlv(pp::tlv::AUTHORITY, sni.as_bytes().to_vec());
+        }
+        if let Some(alpn) = &id.alpn {
+            h = h.with_tlv(pp::tlv::ALPN, alpn.clone());
+        }
+        let unique = match opener.request_id {
+            Some(rid) if !rid.is_empty() && rid.len() <= 128 => rid,
+            _ => id.unique_id.as_bytes(),
+        };
+        h = h.with_tlv(pp::tlv::UNIQUE_ID, unique.to_vec());
+        if let Some((version, cipher)) = &id.tls {
+            let ssl = pp::ssl_tlv(
+                pp::ssl_client::SSL,
+                0,
+                &[
+                    pp::Tlv::new(pp::tlv::SSL_VERSION, version.as_bytes()),
+                    pp::Tlv::new(pp::tlv::SSL_CIPHER, cipher.as_bytes()),
+                ],
+            );
+            h = h.with_tlv(ssl.kind, ssl.value);
+        }
+        if opener.crc32c {
+            h = h.with_crc32c();
+        }
+        h.to_bytes()
+            .map(Bytes::from)
+            .map_err(|e| ConnectError::Header(e.to_string()))
     }
 
     /// An endpoint among `candidates` this client already has an idle
@@ -437,6 +455,7 @@ impl BoundPool {
         self: &Arc<Self>,
         endpoint: SocketAddr,
         connect_timeout: Duration,
+        opener: Opener<'_>,
     ) -> Result<Lease, ConnectError> {
         loop {
             let idle = {
@@ -455,7 +474,7 @@ impl BoundPool {
             }
         }
         // Boxed: a rare path, kept out of the per-request future's size.
-        Box::pin(self.connect(endpoint, connect_timeout)).await
+        Box::pin(self.connect(endpoint, connect_timeout, opener)).await
     }
 
     /// Opens a new connection to `endpoint` (counted in the pool if there is
@@ -464,8 +483,9 @@ impl BoundPool {
         self: &Arc<Self>,
         endpoint: SocketAddr,
         connect_timeout: Duration,
+        opener: Opener<'_>,
     ) -> Result<Lease, ConnectError> {
-        let header = self.header()?;
+        let header = self.header(opener)?;
         let pooled = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(endpoint).or_default();

@@ -138,7 +138,7 @@ async fn proxy_app() -> (SocketAddr, Arc<AtomicUsize>) {
                     let header = header.clone();
                     async move {
                         let body = format!(
-                            "src={}\ndst={}\nauthority={}\nalpn={}\nxff={}\npath={}\nssl_version={}\nunique_id={}\n",
+                            "src={}\ndst={}\nauthority={}\nalpn={}\nxff={}\npath={}\nssl_version={}\nunique_id={}\nrequest_id={}\ncrc={}\n",
                             header.source().map(|a| a.to_string()).unwrap_or_default(),
                             header
                                 .destination()
@@ -167,6 +167,12 @@ async fn proxy_app() -> (SocketAddr, Arc<AtomicUsize>) {
                                 .unique_id()
                                 .map(|a| String::from_utf8_lossy(a).into_owned())
                                 .unwrap_or_default(),
+                            req.headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-"),
+                            // Checked by the decoder when present.
+                            u8::from(header.tlv(proxy_protocol::tlv::CRC32C).is_some()),
                         );
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                     }
@@ -490,15 +496,13 @@ async fn routes_by_host_and_prefix() {
 async fn proxy_v2_cluster_binds_upstream_connection_to_client() {
     let cert = test_cert(&["localhost"]);
     let (app, accepts) = proxy_app().await;
-    let snap = snapshot(
-        1,
-        &cert,
-        vec![cluster("pp", &[app], true)],
-        vec![route("all", "", "/", "pp")],
-    );
+    let mut pp = cluster("pp", &[app], true);
+    pp.proxy_protocol_crc32c = true;
+    let snap = snapshot(1, &cert, vec![pp], vec![route("all", "", "/", "pp")]);
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
 
     let mut c1 = h1(n.addr, Some(v2_header(addr(CLIENT), addr(VIP))), &cert).await;
+    let mut opener_id = String::new();
     for i in 0..50 {
         let a = get1(&mut c1, "localhost", &format!("/r{i}")).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -507,11 +511,19 @@ async fn proxy_v2_cluster_binds_upstream_connection_to_client() {
         assert_eq!(line(&a.body, "authority"), "localhost");
         assert_eq!(line(&a.body, "alpn"), "http/1.1");
         assert_eq!(line(&a.body, "ssl_version"), "TLSv1.3");
-        assert!(
-            line(&a.body, "unique_id").ends_with("-node-test"),
-            "{}",
-            a.body
-        );
+        // The connection's UNIQUE_ID is the id of the request that opened
+        // it, which that request also carried as X-Request-Id; later
+        // requests on it have their own ids.
+        let rid = line(&a.body, "request_id");
+        if i == 0 {
+            opener_id = rid.to_string();
+            assert!(!opener_id.is_empty() && opener_id != "-", "{}", a.body);
+        } else {
+            assert_ne!(rid, opener_id, "each request has its own id");
+        }
+        assert_eq!(line(&a.body, "unique_id"), opener_id, "{}", a.body);
+        // The header carried a CRC32C TLV, and it checked out.
+        assert_eq!(line(&a.body, "crc"), "1", "{}", a.body);
         assert_eq!(line(&a.body, "xff"), "-");
         assert_eq!(line(&a.body, "path"), format!("/r{i}"));
         assert_eq!(a.node, "node-test");

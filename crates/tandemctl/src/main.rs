@@ -219,6 +219,9 @@ enum ClusterCmd {
         lb: LbArg,
         #[arg(long, value_enum, default_value = "none")]
         proxy_protocol: UpstreamProxyArg,
+        /// With `--proxy-protocol v2`: a CRC32C TLV in each PROXY header.
+        #[arg(long)]
+        proxy_crc32c: bool,
     },
     /// Show one cluster.
     Get { name: String },
@@ -232,6 +235,9 @@ enum ClusterCmd {
         lb: Option<LbArg>,
         #[arg(long, value_enum)]
         proxy_protocol: Option<UpstreamProxyArg>,
+        /// A CRC32C TLV in each PROXY header (`true`/`false`).
+        #[arg(long)]
+        proxy_crc32c: Option<bool>,
         #[arg(long)]
         connect_timeout_ms: Option<u32>,
         /// Refuse (conflict) unless the state is still at this version.
@@ -1275,12 +1281,14 @@ impl Ctl {
                 endpoints,
                 lb,
                 proxy_protocol,
+                proxy_crc32c,
             } => {
                 let c = pb::Cluster {
                     name: name.clone(),
                     endpoints: parse_endpoints(&endpoints)?,
                     lb_policy: lb.pb(),
                     proxy_protocol: proxy_protocol.pb(),
+                    proxy_protocol_crc32c: proxy_crc32c,
                     ..Default::default()
                 };
                 self.put_or_delete(
@@ -1298,6 +1306,7 @@ impl Ctl {
                 endpoints,
                 lb,
                 proxy_protocol,
+                proxy_crc32c,
                 connect_timeout_ms,
                 if_version,
             } => {
@@ -1330,6 +1339,12 @@ impl Ctl {
                         "proxy_protocol",
                         &mut c.proxy_protocol,
                         proxy_protocol.map(UpstreamProxyArg::pb),
+                    );
+                    changed(
+                        &mut what,
+                        "proxy_protocol_crc32c",
+                        &mut c.proxy_protocol_crc32c,
+                        proxy_crc32c,
                     );
                     changed(
                         &mut what,
