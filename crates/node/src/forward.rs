@@ -539,7 +539,12 @@ pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut resp = serve(&ctx, req).await;
+    // Boxed: the request's future is about 4 KiB, and hyper keeps a slot of
+    // the service future's size for every connection, busy or idle; boxed,
+    // the slot is a pointer and the 4 KiB exist only while a request runs
+    // (2.7 KiB less per idle keep-alive connection; no CPU difference
+    // measured).
+    let mut resp = Box::pin(serve(&ctx, req)).await;
     // Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So
     // is one whose body was refused part-way: the rest of it is not read.
     if &*ctx.alpn != "h2"
