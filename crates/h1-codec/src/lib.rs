@@ -51,6 +51,8 @@ pub enum Error {
     ChunkCrlf,
     #[error("trailer section larger than {MAX_TRAILERS} bytes")]
     Trailers,
+    #[error("transfer coding {0:?} cannot be forwarded (only chunked is decoded)")]
+    TransferCoding(String),
 }
 
 /// How a response body is delimited.
@@ -82,6 +84,27 @@ impl ResponseHead {
     /// A 1xx other than 101: another head follows on the connection.
     pub fn is_interim(&self) -> bool {
         self.status.is_informational() && self.status != StatusCode::SWITCHING_PROTOCOLS
+    }
+
+    /// Readies the head to be forwarded by a proxy that decodes the body and
+    /// re-frames it for the next hop (where `Transfer-Encoding`, hop-by-hop,
+    /// is not passed on):
+    /// - a transfer coding other than a lone `chunked` is refused: the body
+    ///   would reach the next hop still encoded and unlabelled;
+    /// - `Content-Length` next to `Transfer-Encoding` is dropped (RFC 9112
+    ///   §6.3: an intermediary forwarding such a message removes it).
+    pub fn for_forwarding(mut self) -> Result<Self, Error> {
+        let mut codings = self.headers.get_all(header::TRANSFER_ENCODING).iter();
+        let Some(te) = codings.next() else {
+            return Ok(self);
+        };
+        if codings.next().is_some() || !trim(te.as_bytes()).eq_ignore_ascii_case(b"chunked") {
+            return Err(Error::TransferCoding(
+                String::from_utf8_lossy(te.as_bytes()).into_owned(),
+            ));
+        }
+        self.headers.remove(header::CONTENT_LENGTH);
+        Ok(self)
     }
 }
 

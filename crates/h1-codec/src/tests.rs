@@ -171,3 +171,31 @@ fn request_head_encoding_sets_framing_once() {
     );
     assert_eq!(out, b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
 }
+
+#[test]
+fn forwarding_keeps_only_a_lone_chunked_coding_and_drops_its_length() {
+    let fwd = |s: &str| {
+        parse(s, false)
+            .0
+            .expect("parses")
+            .expect("complete")
+            .for_forwarding()
+            .map(|h| h.headers)
+    };
+    let h = fwd("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n")
+        .expect("chunked is forwarded");
+    assert!(!h.contains_key(header::CONTENT_LENGTH));
+    assert_eq!(h[header::TRANSFER_ENCODING], "chunked");
+    let h = fwd("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").expect("plain length");
+    assert_eq!(h[header::CONTENT_LENGTH], "3");
+    for bad in [
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ] {
+        assert!(
+            matches!(fwd(bad), Err(Error::TransferCoding(_))),
+            "{bad:?} must be refused"
+        );
+    }
+}

@@ -85,36 +85,6 @@ impl Forwarding {
             scheme,
         }
     }
-
-    fn apply(&self, h: &mut HeaderMap, host: Option<HeaderValue>, proxy_v2: bool) {
-        strip_hop_by_hop(h);
-        if let Some(v) = host {
-            // HTTP/1.1: usually the Host header itself, left in place.
-            if h.get(header::HOST) != Some(&v) {
-                h.insert(header::HOST, v.clone());
-            }
-            h.insert(X_FORWARDED_HOST, v);
-        }
-        // Whatever the client claims about itself is not to be trusted:
-        // replaced (insert drops every earlier value) or removed.
-        match (&self.xff, proxy_v2) {
-            (Some(v), false) => {
-                h.insert(X_FORWARDED_FOR, v.clone());
-            }
-            _ => {
-                h.remove(X_FORWARDED_FOR);
-            }
-        }
-        match (&self.forwarded, proxy_v2) {
-            (Some(v), false) => {
-                h.insert(header::FORWARDED, v.clone());
-            }
-            _ => {
-                h.remove(header::FORWARDED);
-            }
-        }
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
-    }
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -213,20 +183,22 @@ fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// The headers the node sets on a request to an app, in place of any the
-/// client sent.
-static FORWARDING: [HeaderName; 5] = [
+/// client sent (the request id only when the client sent none).
+static OWN: [HeaderName; 6] = [
     header::HOST,
     X_FORWARDED_HOST,
     X_FORWARDED_FOR,
     header::FORWARDED,
     X_FORWARDED_PROTO,
+    X_REQUEST_ID,
 ];
 
-static REQUEST_ID: HeaderName = X_REQUEST_ID;
-
-/// The node's own request headers, written by the HTTP/1.1 encoder after
-/// the client's instead of inserted into the map (see [`Direct::prepare`]).
-pub(crate) struct Direct {
+/// The node's own request headers (Host when the client's is not kept,
+/// X-Forwarded-Host/-For/-Proto, Forwarded, X-Request-Id). For HTTP/1.1
+/// apps the encoder writes them after the client's (no header-map insert
+/// each); for h2 apps, or when the route edits one of them, they go into
+/// the map ([`NodeHeaders::insert_into`]) before the route's edits.
+pub(crate) struct NodeHeaders {
     host: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
     xff: Option<HeaderValue>,
@@ -235,58 +207,55 @@ pub(crate) struct Direct {
     request_id: Option<HeaderValue>,
 }
 
-impl Direct {
+impl NodeHeaders {
     /// Strips hop-by-hop headers and whatever the client said under the
-    /// node's own header names (one pass over the names; a removal only
-    /// for a name present), and makes the values [`Forwarding::apply`] and
-    /// [`prepare_headers`] would have inserted.
+    /// node's own names (its X-Request-Id stays), in one pass over the
+    /// names with a removal only for a name present, and makes the node's
+    /// values. Whatever the client claims about itself is not trusted: with
+    /// PROXY v2 to the app, X-Forwarded-For and Forwarded are dropped, the
+    /// header names the client. `new_id` makes a request id when the
+    /// client sent none.
     fn prepare(
         h: &mut HeaderMap,
-        ctx: &ConnCtx,
+        f: &Forwarding,
         host: Option<HeaderValue>,
         proxy_v2: bool,
+        new_id: impl FnOnce() -> Option<HeaderValue>,
     ) -> Self {
         strip_hop_by_hop(h);
         let mut found = 0u8;
-        let mut has_id = false;
         for name in h.keys() {
-            if let Some(i) = FORWARDING.iter().position(|f| f == name) {
+            if let Some(i) = OWN.iter().position(|f| f == name) {
                 found |= 1 << i;
-            } else if name == X_REQUEST_ID {
-                has_id = true;
             }
         }
+        let has_id = found & (1 << 5) != 0;
         // HTTP/1.1: the Host header itself, left where it is.
         let host_in_place = host.is_some() && h.get(header::HOST) == host.as_ref();
-        for (i, name) in FORWARDING.iter().enumerate() {
+        for (i, name) in OWN[..5].iter().enumerate() {
             if found & (1 << i) != 0 && !(i == 0 && host_in_place) {
                 h.remove(name);
             }
         }
-        let f = &ctx.forwarding;
-        Direct {
+        NodeHeaders {
             host: if host_in_place { None } else { host.clone() },
             forwarded_host: host,
             xff: if proxy_v2 { None } else { f.xff.clone() },
             forwarded: if proxy_v2 { None } else { f.forwarded.clone() },
             proto: HeaderValue::from_static(f.scheme),
-            request_id: if has_id {
-                None
-            } else {
-                HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id())).ok()
-            },
+            request_id: if has_id { None } else { new_id() },
         }
     }
 
     fn pairs(&self) -> ([(&HeaderName, &HeaderValue); 6], usize) {
-        let mut out = [(&FORWARDING[4], &self.proto); 6];
+        let mut out = [(&OWN[4], &self.proto); 6];
         let mut n = 1;
         for (name, value) in [
-            (&FORWARDING[0], &self.host),
-            (&FORWARDING[1], &self.forwarded_host),
-            (&FORWARDING[2], &self.xff),
-            (&FORWARDING[3], &self.forwarded),
-            (&REQUEST_ID, &self.request_id),
+            (&OWN[0], &self.host),
+            (&OWN[1], &self.forwarded_host),
+            (&OWN[2], &self.xff),
+            (&OWN[3], &self.forwarded),
+            (&OWN[5], &self.request_id),
         ] {
             if let Some(v) = value {
                 out[n] = (name, v);
@@ -295,14 +264,13 @@ impl Direct {
         }
         (out, n)
     }
-}
 
-fn prepare_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<HeaderValue>, proxy_v2: bool) {
-    ctx.forwarding.apply(h, host, proxy_v2);
-    if !h.contains_key(X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id()))
-    {
-        h.insert(X_REQUEST_ID, v);
+    /// Puts them into the map.
+    fn insert_into(&self, h: &mut HeaderMap) {
+        let (pairs, n) = self.pairs();
+        for (name, value) in &pairs[..n] {
+            h.insert((*name).clone(), (*value).clone());
+        }
     }
 }
 
@@ -316,11 +284,14 @@ pub fn set_forwarding_headers(
     host_raw: Option<&str>,
     proxy_v2: bool,
 ) {
-    Forwarding::new(client, scheme).apply(
+    NodeHeaders::prepare(
         h,
+        &Forwarding::new(client, scheme),
         host_raw.and_then(|s| HeaderValue::from_str(s).ok()),
         proxy_v2,
-    );
+        || None,
+    )
+    .insert_into(h);
 }
 
 /// Fields of the access log line, filled as the request goes.
@@ -677,17 +648,19 @@ async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let own = NodeHeaders::prepare(
+        &mut headers,
+        &ctx.forwarding,
+        host_value,
+        cluster.proxy_v2,
+        || HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id())).ok(),
+    );
     // HTTP/1.1 apps get the node's own headers from the encoder, unless the
-    // route edits one of them (then the edits must see them in the map).
-    let direct = if !cluster.h2 && !route.edits_request_header(&FORWARDING) {
-        Some(Direct::prepare(
-            &mut headers,
-            ctx,
-            host_value,
-            cluster.proxy_v2,
-        ))
+    // route edits one of them (the edits must see them in the map then).
+    let direct = if !cluster.h2 && !route.edits_request_header(&OWN) {
+        Some(own)
     } else {
-        prepare_headers(&mut headers, ctx, host_value, cluster.proxy_v2);
+        own.insert_into(&mut headers);
         None
     };
     if cluster.h2 && te_trailers {
@@ -904,7 +877,7 @@ fn build(method: &Method, uri: Uri, headers: HeaderMap, body: UpBody, h2: bool) 
 
 type Sent = (Response<Inner>, InFlight);
 
-/// Placeholder value of unused slots in [`Direct::pairs`] arrays.
+/// Placeholder value of unused slots in [`NodeHeaders::pairs`] arrays.
 static FALLBACK_PROTO: HeaderValue = HeaderValue::from_static("http");
 
 /// What is known of the request body before it is sent.
@@ -921,7 +894,7 @@ struct Outgoing<'a> {
     method: &'a Method,
     pq: &'a PathAndQuery,
     plan: BodyPlan,
-    direct: Option<&'a Direct>,
+    direct: Option<&'a NodeHeaders>,
 }
 
 async fn send(
@@ -1002,8 +975,8 @@ async fn send(
     // The head is encoded from the headers, which stay as they are for
     // another attempt.
     let mut head = Vec::new();
-    let (mut extra, mut n) = direct.map(Direct::pairs).unwrap_or_else(|| {
-        let none = [(&FORWARDING[4], &FALLBACK_PROTO); 6];
+    let (mut extra, mut n) = direct.map(NodeHeaders::pairs).unwrap_or_else(|| {
+        let none = [(&OWN[4], &FALLBACK_PROTO); 6];
         (none, 0)
     });
     // No Host at all (an HTTP/1.0 client): the endpoint's address.
@@ -1011,7 +984,7 @@ async fn send(
     if !headers.contains_key(header::HOST) && !extra[..n].iter().any(|(k, _)| **k == header::HOST) {
         ep_host = HeaderValue::from_str(&ep.to_string()).ok();
         if let Some(v) = &ep_host {
-            extra[n] = (&FORWARDING[0], v);
+            extra[n] = (&OWN[0], v);
             n += 1;
         }
     }
@@ -1023,7 +996,7 @@ async fn send(
         &extra[..n],
         plan.framing,
     );
-    let is_head = h1_client::is_head(method);
+    let is_head = *method == Method::HEAD;
     match h1_client::exchange(&mut lease.conn, &head, plan.framing, body, is_head).await {
         Ok(resp) => Ok((
             h1_client::response(resp, lease, cluster.response_timeout).map(Inner::H1),

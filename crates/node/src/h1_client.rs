@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use bytes::{Buf, Bytes};
 use h1_codec::{BodyFraming, Chunk, ChunkedDecoder, Framing, ResponseHead};
-use http::{Method, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,10 +49,12 @@ pub(crate) enum ExchangeError {
     Protocol(#[from] h1_codec::Error),
     #[error("upstream answered 101 Switching Protocols to a request without an upgrade")]
     Upgrade,
-    /// Only `chunked` is decoded; other codings would reach the client
-    /// unlabelled once the header is stripped as hop-by-hop.
-    #[error("upstream used an unsupported transfer coding: {0:?}")]
-    Coding(String),
+}
+
+/// A write or read failure before any response byte: the connection was
+/// (most likely) closed by the server.
+fn closed(e: std::io::Error) -> ExchangeError {
+    ExchangeError::Closed(e.to_string())
 }
 
 /// Writes the request (`head` already encoded with `framing`) and its body,
@@ -64,7 +66,6 @@ pub(crate) async fn exchange(
     body: UpBody,
     head_request: bool,
 ) -> Result<ResponseHead, ExchangeError> {
-    let closed = |e: std::io::Error| ExchangeError::Closed(e.to_string());
     if framing == BodyFraming::None {
         conn.stream.write_all(head).await.map_err(closed)?;
     } else if let Err(e) = send_body(conn, head, framing, body).await {
@@ -88,7 +89,6 @@ pub(crate) async fn exchange(
 
 /// Reads the final response head (interim 1xx skipped).
 async fn read_head(conn: &mut H1Conn, head_request: bool) -> Result<ResponseHead, ExchangeError> {
-    let closed = |e: std::io::Error| ExchangeError::Closed(e.to_string());
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
@@ -102,16 +102,7 @@ async fn read_head(conn: &mut H1Conn, head_request: bool) -> Result<ResponseHead
                 if resp.is_interim() {
                     continue;
                 }
-                let mut codings = resp.headers.get_all(http::header::TRANSFER_ENCODING).iter();
-                if let Some(te) = codings.next()
-                    && (codings.next().is_some()
-                        || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                {
-                    return Err(ExchangeError::Coding(
-                        String::from_utf8_lossy(te.as_bytes()).into_owned(),
-                    ));
-                }
-                return Ok(resp);
+                return Ok(resp.for_forwarding()?);
             }
         }
         conn.buf.reserve(READ_CHUNK);
@@ -181,7 +172,7 @@ async fn send_body(
 async fn write(conn: &mut H1Conn, bytes: &[u8], sent_any: bool) -> Result<(), ExchangeError> {
     match conn.stream.write_all(bytes).await {
         Ok(()) => Ok(()),
-        Err(e) if !sent_any => Err(ExchangeError::Closed(e.to_string())),
+        Err(e) if !sent_any => Err(closed(e)),
         Err(e) => Err(e.into()),
     }
 }
@@ -208,17 +199,10 @@ pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Res
     if matches!(body.state, State::Done) {
         body.finish();
     }
-    let mut headers = head.headers;
-    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
-    // intermediary forwarding such a message removes the latter (the
-    // body goes to the client re-framed).
-    if headers.contains_key(http::header::TRANSFER_ENCODING) {
-        headers.remove(http::header::CONTENT_LENGTH);
-    }
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = headers;
+    *resp.headers_mut() = head.headers;
     resp
 }
 
@@ -362,9 +346,4 @@ impl Body for H1Body {
             _ => SizeHint::default(),
         }
     }
-}
-
-/// Whether a request is answered without a body whatever the response says.
-pub(crate) fn is_head(method: &Method) -> bool {
-    *method == Method::HEAD
 }

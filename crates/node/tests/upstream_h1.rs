@@ -977,7 +977,14 @@ async fn upstream_request_head_carries_the_nodes_headers_once() {
         name: "x-forwarded-proto".into(),
         value: "custom".into(),
     }];
-    let n = start_node(app.addr, vec![edit]).await;
+    // A route that sets the request id: its value, once (the node's own
+    // id must not be written after it).
+    let mut rid = route("rid", "/rid", "app");
+    rid.request_headers_add = vec![PbHeader {
+        name: "x-request-id".into(),
+        value: "route-id".into(),
+    }];
+    let n = start_node(app.addr, vec![edit, rid]).await;
 
     let mut c = Client::connect(n.addr).await;
     let r = c
@@ -1026,6 +1033,10 @@ async fn upstream_request_head_carries_the_nodes_headers_once() {
         )
         .await;
     let upgrade_answer = (r.status, r.head.clone());
+    let r = up
+        .request(b"GET /rid HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.head);
 
     let seen = app.seen();
     let h = &seen[0].head;
@@ -1082,7 +1093,10 @@ async fn upstream_request_head_carries_the_nodes_headers_once() {
     assert_eq!(s.request_line(), "GET /up HTTP/1.1");
     assert!(values(&s.head, "upgrade").is_empty(), "{}", s.head);
     assert!(values(&s.head, "connection").is_empty(), "{}", s.head);
-    assert_eq!(seen.len(), 6);
+    assert_eq!(seen[6].request_line(), "GET /rid HTTP/1.1");
+    assert_eq!(one(&seen[6].head, "x-request-id"), "route-id");
+    assert_eq!(one(&seen[6].head, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(seen.len(), 7);
 }
 
 #[tokio::test]

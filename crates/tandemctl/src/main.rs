@@ -1060,12 +1060,7 @@ impl Ctl {
                     }) as i32
                 });
                 self.set_one(Res::Node, &id.clone(), if_version, move |s| {
-                    let mut n = s
-                        .nodes
-                        .iter()
-                        .find(|n| n.id == id)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("not found: no node {id:?}"))?;
+                    let mut n = named(&s.nodes, "node", &id, |x| &x.id)?;
                     let mut what = Vec::new();
                     changed(&mut what, "address", &mut n.address, address.clone());
                     changed(
@@ -1246,12 +1241,7 @@ impl Ctl {
                 if_version,
             } => {
                 self.set_one(Res::Route, &name.clone(), if_version, move |s| {
-                    let mut r = s
-                        .routes
-                        .iter()
-                        .find(|r| r.name == name)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("not found: no route {name:?}"))?;
+                    let mut r = named(&s.routes, "route", &name, |x| &x.name)?;
                     let mut what = Vec::new();
                     changed(&mut what, "cluster", &mut r.cluster, cluster.clone());
                     changed(&mut what, "host", &mut r.host, host.clone());
@@ -1316,12 +1306,7 @@ impl Ctl {
                     Some(parse_endpoints(&endpoints)?)
                 };
                 self.set_one(Res::Cluster, &name.clone(), if_version, move |s| {
-                    let mut c = s
-                        .clusters
-                        .iter()
-                        .find(|c| c.name == name)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("not found: no cluster {name:?}"))?;
+                    let mut c = named(&s.clusters, "cluster", &name, |x| &x.name)?;
                     let mut what = Vec::new();
                     if let Some(e) = &endpoints
                         && *e != c.endpoints
@@ -1403,12 +1388,7 @@ impl Ctl {
                 if_version,
             } => {
                 self.set_one(Res::Service, &name.clone(), if_version, move |s| {
-                    let mut v = s
-                        .services
-                        .iter()
-                        .find(|v| v.name == name)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("not found: no service {name:?}"))?;
+                    let mut v = named(&s.services, "service", &name, |x| &x.name)?;
                     let mut what = Vec::new();
                     changed(&mut what, "address", &mut v.address, address.clone());
                     changed(&mut what, "node_pool", &mut v.node_pool, pool.clone());
@@ -1478,12 +1458,7 @@ impl Ctl {
                 let key = key.as_deref().map(read).transpose()?;
                 let sni = (!sni.is_empty()).then_some(sni);
                 self.set_one(Res::Cert, &name.clone(), if_version, move |s| {
-                    let mut c = s
-                        .certificates
-                        .iter()
-                        .find(|c| c.name == name)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("not found: no certificate {name:?}"))?;
+                    let mut c = named(&s.certificates, "certificate", &name, |x| &x.name)?;
                     let mut what = Vec::new();
                     // Empty: control keeps the key it has.
                     c.private_key_pem.clear();
@@ -1913,6 +1888,15 @@ impl HashArg {
 }
 
 /// `--endpoint IP:PORT[=WEIGHT]` values.
+/// A copy of the resource named `name` (a `kind` for the error).
+fn named<T: Clone>(items: &[T], kind: &str, name: &str, key: impl Fn(&T) -> &str) -> Result<T> {
+    items
+        .iter()
+        .find(|x| key(x) == name)
+        .cloned()
+        .ok_or_else(|| anyhow!("not found: no {kind} {name:?}"))
+}
+
 fn parse_endpoints(endpoints: &[String]) -> Result<Vec<pb::Endpoint>> {
     endpoints
         .iter()
