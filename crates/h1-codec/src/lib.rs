@@ -488,5 +488,11 @@ impl ChunkedDecoder {
     }
 }
 
+mod request;
+pub use request::{
+    RequestError, RequestFraming, RequestHead, RequestLimits, ResponseFraming,
+    encode_response_head, is_bodiless, parse_request,
+};
+
 #[cfg(test)]
 mod tests;

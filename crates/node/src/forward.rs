@@ -506,10 +506,14 @@ enum SendError {
 }
 
 /// Serves one request.
-pub(crate) async fn handle(
+pub(crate) async fn handle<B>(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     // Boxed: the request's future is about 4 KiB, and hyper keeps a slot of
     // the service future's size for every connection, busy or idle; boxed,
     // the slot is a pointer and the 4 KiB exist only while a request runs
@@ -534,7 +538,11 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-async fn serve(ctx: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn serve<B>(ctx: &Arc<ConnCtx>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let start = Instant::now();
     let host_value = request_host_value(&req);
     let host = host_value

@@ -62,6 +62,7 @@
 pub mod cluster;
 pub mod forward;
 mod h1_client;
+mod h1_server;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -188,7 +189,7 @@ pub(crate) struct Runtime {
     pub clusters: HashMap<String, Arc<cluster::Cluster>>,
     pub limits: limits::Limits,
     /// The HTTP server for new connections, built for `limits`.
-    pub http: Arc<listener::Builder>,
+    pub http: Arc<limits::Http>,
 }
 
 impl Runtime {
@@ -200,7 +201,7 @@ impl Runtime {
             router: router::Router::default(),
             route_series: HashMap::default(),
             clusters: HashMap::default(),
-            http: Arc::new(limits.http_builder()),
+            http: Arc::new(limits.http()),
             limits,
         }
     }
@@ -344,7 +345,7 @@ impl Node {
         }
         self.update_health_checks(&clusters);
         let has_certs = tls.is_some();
-        let http = Arc::new(limits.http_builder());
+        let http = Arc::new(limits.http());
         self.runtime.store(Arc::new(Runtime {
             version: snapshot.version,
             tls,

@@ -4,11 +4,12 @@
 //! | limit | default | what the client sees beyond it |
 //! |---|---|---|
 //! | `max_connections` | 10000 | the connection is closed at accept, before TLS |
-//! | `max_header_bytes` | 65536 (h1: at least 8192) | `431` (h1 by hyper; h2 by the h2 crate) |
+//! | `max_header_bytes` | 65536 | `431` (h1 by the node's server; h2 by the h2 crate) |
 //! | `max_headers` | 100 | `431` (h1) |
 //! | `max_request_body_bytes` | 10 MiB | `413` (declared length: before any upstream byte; streamed: when the cap is crossed, unless the upstream already answered) |
 //! | `h2_max_concurrent_streams` | 256 | `REFUSED_STREAM` past the advertised `SETTINGS_MAX_CONCURRENT_STREAMS` |
-//! | `header_read_timeout_ms` | 10000 | h1: `408` then close if part of a head came, else close |
+//! | `header_read_timeout_ms` | 10000 | h1: `408` then close, once part of a head came |
+//! | `idle_timeout_ms` | 60000 | h1: close when no request starts for this long after the last, or the client reads nothing of its answer for this long |
 //! | `tls_handshake_timeout_ms` | 10000 | close |
 
 use std::pin::Pin;
@@ -20,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+
+use crate::h1_server::H1Settings;
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -29,8 +31,7 @@ pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_H2_STREAMS: u32 = 256;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// hyper's smallest allowed h1 read buffer.
-const H1_MIN_BUF: usize = 8192;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The compiled listener limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub struct Limits {
     pub h2_max_streams: u32,
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -71,30 +73,36 @@ impl Limits {
             h2_max_streams: or(s.h2_max_concurrent_streams, DEFAULT_H2_STREAMS),
             header_read_timeout: ms(s.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT),
             tls_handshake_timeout: ms(s.tls_handshake_timeout_ms, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            idle_timeout: ms(s.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT),
         }
     }
 
-    /// The hyper server builder (h1 and h2) for these limits.
-    pub(crate) fn http_builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        let mut h1 = b.http1();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .max_buf_size(self.max_header_bytes.max(H1_MIN_BUF))
-            .keep_alive(true);
-        // hyper's own limit is 100 too; set explicitly, it sizes a
-        // heap array per request head instead of an uninitialised one on
-        // the stack (~1k instructions per request).
-        if self.max_headers != DEFAULT_MAX_HEADERS {
-            h1.max_headers(self.max_headers);
-        }
-        b.http2()
-            .timer(TokioTimer::new())
+    /// The HTTP servers (the node's HTTP/1.1 server, hyper's h2) for these
+    /// limits.
+    pub(crate) fn http(&self) -> Http {
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(self.h2_max_streams)
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        b
+        Http {
+            h1: H1Settings {
+                limits: h1_codec::RequestLimits {
+                    max_head: self.max_header_bytes,
+                    max_headers: self.max_headers,
+                },
+                head_timeout: self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+            },
+            h2,
+        }
     }
+}
+
+/// The servers new connections use.
+pub(crate) struct Http {
+    pub h1: H1Settings,
+    pub h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 /// A request body that fails once more than `limit` bytes went through,

@@ -16,21 +16,22 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use bytes::BytesMut;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::forward::{self, ConnCtx};
+use crate::h1_server::{self, Start};
+use crate::limits::Http;
 use crate::proxy_accept::{AcceptError, Rewind, read_proxy_header};
 use crate::upstream::{BoundPool, ClientIdentity};
 use crate::{Node, ProxyProtocolMode};
 
 /// How long a peer has to send its PROXY header.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(3);
-
-pub(crate) type Builder = auto::Builder<TokioExecutor>;
 
 /// Counts an open client connection until dropped.
 struct OpenGuard(Arc<Node>);
@@ -57,7 +58,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     transport: Transport,
 ) {
-    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    let drain = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -84,29 +86,30 @@ pub(crate) async fn serve(
         node.metrics.connections_active.inc();
         let guard = OpenGuard(node.clone());
         let node = node.clone();
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let hard_stop = hard_stop.clone();
         // This task lives as long as the connection: its future is kept
         // small (about 1 KiB; 5 KiB before the handshake, the TLS stream
         // and the HTTP connection were put on the heap).
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let _guard = guard;
             tokio::select! {
-                _ = connection(&node, stream, peer, watcher, transport) => {}
+                _ = connection(&node, stream, peer, drain, transport) => {}
                 _ = hard_stop.cancelled() => {}
             }
         });
     }
     drop(listener);
     node.set_shutting_down();
-    let open = graceful.count();
+    // Idle h1 connections close now, busy ones after their answer (with
+    // `Connection: close`); h2 connections get GOAWAY.
+    drain.cancel();
+    tracker.close();
+    let open = tracker.len();
     tracing::info!(id = %node.config.id, open, "node draining");
-    let drain = node.config.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(id = %node.config.id, timeout = ?drain, "drain timed out; closing remaining connections");
+    let limit = node.config.drain_timeout;
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!(id = %node.config.id, timeout = ?limit, "drain timed out; closing remaining connections");
         hard_stop.cancel();
     }
 }
@@ -120,7 +123,7 @@ async fn connection(
     node: &Arc<Node>,
     stream: TcpStream,
     peer: SocketAddr,
-    watcher: Watcher,
+    drain: CancellationToken,
     transport: Transport,
 ) {
     let _ = stream.set_nodelay(true);
@@ -179,7 +182,7 @@ async fn connection(
         .and_then(|h| h.destination())
         .unwrap_or(local);
 
-    let (tls_config, builder, handshake_timeout, head_timeout) = {
+    let (tls_config, http, handshake_timeout, head_timeout) = {
         let rt = node.runtime.load();
         (
             rt.tls.clone(),
@@ -212,13 +215,18 @@ async fn connection(
             bound,
             forwarding: forward::Forwarding::new(client.ip(), "http"),
         });
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            forward::handle(ctx.clone(), req)
-        });
-        let conn = builder.serve_connection(TokioIo::new(io), svc);
-        if let Err(e) = Box::pin(watcher.watch(conn)).await {
-            tracing::debug!(%peer, %client, error = %e, "client connection ended with an error");
-        }
+        // The plain stream itself; bytes the PROXY reader looked at go to
+        // the HTTP read buffer.
+        let (prefix, tcp) = io.into_parts();
+        Box::pin(serve_http(
+            tcp,
+            BytesMut::from(prefix),
+            ctx,
+            &http,
+            drain,
+            false,
+        ))
+        .await;
         return;
     }
     let Some(tls_config) = tls_config else {
@@ -300,14 +308,63 @@ async fn connection(
         bound,
         forwarding: forward::Forwarding::new(client.ip(), "https"),
     });
+    let h2 = &*ctx.alpn == "h2";
+    // Boxed, here and above: the HTTP connection's state is made when it
+    // starts, not reserved in every connection task from accept on.
+    Box::pin(serve_http(tls, BytesMut::new(), ctx, &http, drain, h2)).await;
+}
+
+/// HTTP on an established stream: h2 when ALPN said so or the client opens
+/// with the h2 preface (prior knowledge), else the node's HTTP/1.1 server.
+async fn serve_http<IO>(
+    io: IO,
+    buf: BytesMut,
+    ctx: Arc<ConnCtx>,
+    http: &Http,
+    drain: CancellationToken,
+    h2: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ctx.client;
+    if h2 {
+        serve_h2(io, ctx, http, drain).await;
+        return;
+    }
+    let mut conn = h1_server::Conn::with_buf(io, buf, http.h1);
+    match conn.sniff().await {
+        Ok(Start::H1) => {
+            if let Err(e) = conn.serve(ctx, Box::pin(drain.cancelled_owned())).await {
+                tracing::debug!(%client, error = %e, "client connection ended with an error");
+            }
+        }
+        Ok(Start::H2(prefix)) => {
+            let io = Rewind::with_prefix(conn.into_io(), prefix);
+            serve_h2(io, ctx, http, drain).await;
+        }
+        Err(e) => tracing::debug!(%client, error = %e, "client connection ended with an error"),
+    }
+}
+
+/// An h2 connection (hyper's server); GOAWAY when the node drains.
+async fn serve_h2<IO>(io: IO, ctx: Arc<ConnCtx>, http: &Http, drain: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ctx.client;
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         forward::handle(ctx.clone(), req)
     });
-    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-    // Boxed, here and above: the HTTP connection's state is made when it
-    // starts, not reserved in every connection task from accept on.
-    if let Err(e) = Box::pin(watcher.watch(conn)).await {
-        tracing::debug!(%peer, %client, error = %e, "client connection ended with an error");
+    let mut conn = Box::pin(http.h2.serve_connection(TokioIo::new(io), svc));
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(%client, error = %e, "client connection ended with an error");
     }
 }
 

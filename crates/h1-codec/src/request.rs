@@ -1,0 +1,309 @@
+//! The server side: request heads in, response heads out.
+//!
+//! [`parse_request`] takes a request head off the front of a buffer and
+//! decides, strictly, how its body is framed (RFC 9112 §6.1–6.3). Every
+//! shape a proxy could be smuggled through is refused rather than guessed:
+//! a Transfer-Encoding other than a lone `chunked`, Transfer-Encoding on
+//! HTTP/1.0, Content-Lengths that disagree, more than one Host, or no Host
+//! on HTTP/1.1. With both Transfer-Encoding and Content-Length the chunked
+//! encoding frames the body, Content-Length is removed and the connection
+//! is closed after the answer (§6.1), so bytes a Content-Length reader
+//! would take as the next request never are.
+//!
+//! [`encode_response_head`] writes a status line, the headers and the
+//! framing the caller chose.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use crate::{content_length, has_token, trim};
+
+/// Header slots on the stack; a larger configured limit uses the heap.
+const STACK_HEADERS: usize = 128;
+
+/// Why a request head was refused. Every one is the client's fault; the
+/// answer is [`RequestError::status`] and the connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("malformed request head: {0}")]
+    Head(httparse::Error),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("more than {0} request headers")]
+    TooManyHeaders(usize),
+    #[error("invalid request target")]
+    Target,
+    #[error("invalid request header {0}")]
+    Header(String),
+    #[error("invalid or conflicting Content-Length")]
+    ContentLength,
+    #[error("Transfer-Encoding {0:?} refused (only a lone chunked is accepted)")]
+    TransferCoding(String),
+    #[error("Transfer-Encoding on an HTTP/1.0 request")]
+    TransferEncodingHttp10,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+}
+
+impl RequestError {
+    /// The status to answer with: 431 for size and count limits, else 400.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::HeadTooLarge(_) | RequestError::TooManyHeaders(_) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body (no Content-Length, no Transfer-Encoding).
+    None,
+    /// Exactly this many bytes (may be 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed, validated request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    /// The headers as received, minus a Content-Length that came with
+    /// Transfer-Encoding.
+    pub headers: HeaderMap,
+    pub framing: RequestFraming,
+    /// The client allows another request on the connection after this one
+    /// (HTTP/1.1 without `close`, HTTP/1.0 with `keep-alive`), and the
+    /// framing leaves no doubt where this one ends.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on HTTP/1.1.
+    pub expect_continue: bool,
+}
+
+/// Limits on a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Bytes of the head, request line and final CRLF included.
+    pub max_head: usize,
+    /// Header lines.
+    pub max_headers: usize,
+}
+
+/// Parses a request head at the front of `buf`. `Ok(None)`: not complete
+/// yet (and within `limits.max_head`), nothing consumed. `Ok(Some)`: the
+/// head was removed from `buf`, which now starts with the body (or the
+/// next request). Header values and the target share the head's bytes.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: RequestLimits,
+) -> Result<Option<RequestHead>, RequestError> {
+    // RFC 9112 §2.2: empty lines before a request line are ignored.
+    let lead = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if lead > 0 {
+        bytes::Buf::advance(buf, lead);
+    }
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let raw: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut heap
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, raw)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_head {
+                Err(RequestError::HeadTooLarge(limits.max_head))
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError::TooManyHeaders(limits.max_headers));
+        }
+        Err(e) => return Err(RequestError::Head(e)),
+    };
+    if len > limits.max_head || len > u32::MAX as usize {
+        return Err(RequestError::HeadTooLarge(limits.max_head));
+    }
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| RequestError::Head(httparse::Error::Token))?;
+    let base = buf.as_ptr() as usize;
+    let path = req.path.unwrap_or("");
+    let target = (path.as_ptr() as usize - base, path.len());
+    let count = req.headers.len();
+    let mut stack_spans = [[0u32; 4]; STACK_HEADERS];
+    let heap_spans;
+    let spans: &[[u32; 4]] = if count <= STACK_HEADERS {
+        for (span, h) in stack_spans.iter_mut().zip(req.headers.iter()) {
+            *span = span_of(base, h);
+        }
+        &stack_spans[..count]
+    } else {
+        heap_spans = req
+            .headers
+            .iter()
+            .map(|h| span_of(base, h))
+            .collect::<Vec<_>>();
+        &heap_spans
+    };
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| RequestError::Target)?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &[ns, ne, vs, ve] in spans {
+        let (ns, ne) = (ns as usize, ne as usize);
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+            RequestError::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned())
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| RequestError::Header(name.to_string()))?;
+        headers.append(name, value);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(RequestError::DuplicateHost),
+        (None, _) if version == Version::HTTP_11 => return Err(RequestError::MissingHost),
+        _ => {}
+    }
+    let mut keep_alive = !has_token(&headers, header::CONNECTION, "close")
+        && (version == Version::HTTP_11 || has_token(&headers, header::CONNECTION, "keep-alive"));
+    let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(RequestError::TransferEncodingHttp10);
+        }
+        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let first = codings.next().map(HeaderValue::as_bytes).unwrap_or(b"");
+        if codings.next().is_some() || !trim(first).eq_ignore_ascii_case(b"chunked") {
+            return Err(RequestError::TransferCoding(
+                String::from_utf8_lossy(first).into_owned(),
+            ));
+        }
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        RequestFraming::Chunked
+    } else {
+        match content_length(&headers).map_err(|_| RequestError::ContentLength)? {
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::None,
+        }
+    };
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| trim(v.as_bytes()).eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// Where a header's name and value are, as offsets from `base`.
+fn span_of(base: usize, h: &httparse::Header<'_>) -> [u32; 4] {
+    let name = h.name.as_ptr() as usize - base;
+    let value = h.value.as_ptr() as usize - base;
+    // Offsets inside a head checked to be under 4 GiB.
+    [
+        name as u32,
+        (name + h.name.len()) as u32,
+        value as u32,
+        (value + h.value.len()) as u32,
+    ]
+}
+
+/// How a response body is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body follows (HEAD, 1xx, 204, 304): the headers go as they are,
+    /// a Content-Length among them included.
+    Bodiless,
+    /// `Content-Length: n` (any in the map is replaced).
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 clients).
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, unknown length).
+    Close,
+}
+
+/// Appends `HTTP/1.1 <status>`, the headers, and the framing header. The
+/// map's Content-Length and Transfer-Encoding are written only for
+/// [`ResponseFraming::Bodiless`]. `extra` headers follow the map's.
+pub fn encode_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    extra: &[(&HeaderName, &HeaderValue)],
+    framing: ResponseFraming,
+) {
+    out.reserve(
+        headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + 64,
+    );
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let keep_framing = framing == ResponseFraming::Bodiless;
+    for (name, value) in headers.iter().chain(extra.iter().copied()) {
+        if !keep_framing && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::Bodiless | ResponseFraming::Close => {}
+        ResponseFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response to `method` with `status` carries no body.
+pub fn is_bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
