@@ -135,24 +135,41 @@ fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Removes the headers `Connection` names.
+/// Removes the headers `Connection` names. `close` and `keep-alive`, the
+/// usual tokens, name no header to remove here (`Keep-Alive` is hop-by-hop
+/// anyway).
 fn strip_listed(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
+    let mut values = h.get_all(header::CONNECTION).iter();
+    match (values.next().cloned(), values.next()) {
+        (Some(v), None) => remove_listed(h, &v),
+        _ => {
+            let all: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+            for v in &all {
+                remove_listed(h, v);
+            }
+        }
     }
 }
 
-/// The Host a request names: `:authority` for h2, else `Host` (else the
-/// absolute-form URI's authority).
+fn remove_listed(h: &mut HeaderMap, v: &HeaderValue) {
+    let Ok(s) = v.to_str() else { return };
+    for token in s.split(',').map(str::trim) {
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+        {
+            continue;
+        }
+        // Not a valid name: nothing to remove.
+        h.remove(token);
+    }
+}
+
+/// The Host a request names: `:authority` for h2, the target's authority
+/// for an HTTP/1.1 absolute-form target (RFC 9112 §3.2.2: Host is then
+/// ignored), else `Host`.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    if req.version() == Version::HTTP_2
+    if (req.version() == Version::HTTP_2 || req.uri().scheme().is_some())
         && let Some(a) = req.uri().authority()
     {
         return Some(a.as_str().to_string());
@@ -166,7 +183,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// [`request_host`] as a header value, without copying it for HTTP/1.1.
 fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() == Version::HTTP_2
+    if (req.version() == Version::HTTP_2 || req.uri().scheme().is_some())
         && let Some(a) = req.uri().authority()
     {
         return HeaderValue::from_str(a.as_str()).ok();
@@ -514,12 +531,9 @@ where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    // Boxed: the request's future is about 4 KiB, and hyper keeps a slot of
-    // the service future's size for every connection, busy or idle; boxed,
-    // the slot is a pointer and the 4 KiB exist only while a request runs
-    // (2.7 KiB less per idle keep-alive connection; no CPU difference
-    // measured).
-    let mut resp = Box::pin(serve(&ctx, req)).await;
+    // The request's future is about 4 KiB: callers box it, so that it
+    // exists only while a request runs (not in every idle connection).
+    let mut resp = serve(&ctx, req).await;
     // Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So
     // is one whose body was refused part-way: the rest of it is not read.
     if &*ctx.alpn != "h2"

@@ -52,6 +52,11 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const READ_CHUNK: usize = 4096;
 /// Response bytes buffered before the body is asked for more.
 const WRITE_HIGH: usize = 64 * 1024;
+/// How long, and how many bytes, a closing connection reads and drops.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+/// Write buffer capacity kept between requests.
+const WRITE_KEEP: usize = 16 * 1024;
 
 /// The server's settings, from the listener limits.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +101,8 @@ pub(crate) struct Conn<IO> {
     pump: Option<Pump>,
     /// The current request's body was not read to its end.
     body_unread: bool,
+    /// Requests served.
+    requests: u64,
     timer: IdleTimer,
     settings: H1Settings,
 }
@@ -110,6 +117,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             wpos: 0,
             pump: None,
             body_unread: false,
+            requests: 0,
             timer: IdleTimer::new(),
             settings,
         }
@@ -117,8 +125,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Reads until an HTTP/2 preface is ruled in or out (plain listeners
     /// take h2 with prior knowledge). The bytes read stay for the h1 side.
-    pub(crate) async fn sniff(&mut self) -> Result<Start, ConnError> {
-        self.timer.arm(self.settings.idle_timeout);
+    /// The first request has the head timeout from here, idle or not
+    /// (HAProxy's `timeout http-request`).
+    /// A connection that has sent nothing when the node drains is closed
+    /// (as [`Start::H1`] with nothing read: `serve` then ends at once).
+    pub(crate) async fn sniff(
+        &mut self,
+        mut drain: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<Start, ConnError> {
+        self.timer.arm(self.settings.head_timeout);
         loop {
             let n = self.rbuf.len().min(H2_PREFACE.len());
             if self.rbuf[..n] != H2_PREFACE[..n] {
@@ -128,7 +143,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 return Ok(Start::H2(self.rbuf.split().freeze()));
             }
             self.rbuf.reserve(READ_CHUNK);
+            let idle = self.rbuf.is_empty();
             let read = std::future::poll_fn(|cx| {
+                if idle && drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(0));
+                }
                 if self.timer.poll_expired(cx).is_ready() {
                     return Poll::Ready(Err(ConnError::Idle));
                 }
@@ -169,20 +188,66 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                         self.wbuf.push(b' ');
                         self.wbuf
                             .extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+                        self.wbuf.extend_from_slice(b"\r\ndate: ");
+                        self.wbuf.extend_from_slice(http_date().as_bytes());
                         self.wbuf.extend_from_slice(
                             b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                         );
                         // Best effort: the client may be gone.
-                        let _ = std::future::poll_fn(|cx| self.poll_write_out(cx)).await;
+                        if std::future::poll_fn(|cx| self.poll_write_out(cx))
+                            .await
+                            .is_ok()
+                        {
+                            self.linger().await;
+                        }
                     }
                     return Err(e);
                 }
             };
             if !self.exchange(&ctx, head).await? {
-                let _ = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+                if self.pump.is_some() || self.body_unread {
+                    // A request body left unread.
+                    self.linger().await;
+                } else {
+                    let _ =
+                        std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+                }
                 return Ok(());
             }
         }
+    }
+
+    /// Closes the write side, then reads and drops what the client still
+    /// sends (a body the node did not want), for a bounded time and amount:
+    /// closing with unread bytes makes the kernel send a reset, which can
+    /// destroy the answer before the client reads it (nginx's lingering
+    /// close).
+    async fn linger(&mut self) {
+        self.pump = None;
+        if std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            loop {
+                self.rbuf.clear();
+                if self.rbuf.capacity() < READ_CHUNK {
+                    self.rbuf.reserve(READ_CHUNK);
+                }
+                match std::future::poll_fn(|cx| {
+                    poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+                })
+                .await
+                {
+                    Ok(n) if n > 0 && n < left => left -= n,
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
 
     /// The next request head; `None` when the client closed, went idle
@@ -191,8 +256,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         &mut self,
         mut drain: Pin<&mut WaitForCancellationFutureOwned>,
     ) -> Result<Option<RequestHead>, ConnError> {
-        let mut armed_for_head = false;
-        if self.rbuf.is_empty() {
+        // The first head's timer runs since the connection started.
+        let mut armed_for_head = self.requests == 0;
+        if self.rbuf.is_empty() && !armed_for_head {
             self.timer.arm(self.settings.idle_timeout);
         }
         loop {
@@ -245,6 +311,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             expect_continue,
         } = head;
         self.body_unread = false;
+        self.requests += 1;
         let body = match framing {
             RequestFraming::None | RequestFraming::Length(0) => ReqBody::empty(),
             RequestFraming::Length(n) if self.rbuf.len() as u64 >= n => {
@@ -281,6 +348,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         })
         .await?;
         drop(handler);
+        // The body's stall timer, if it ran, is not the answer's.
+        self.timer.disarm();
 
         let (parts, mut body) = resp.into_parts();
         let bodiless = h1_codec::is_bodiless(&method_for_framing, parts.status);
@@ -334,7 +403,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 done: false,
                 trailers: None,
             };
-            std::future::poll_fn(|cx| self.poll_response(cx, &mut body, &mut out)).await?;
+            let sent = std::future::poll_fn(|cx| self.poll_response(cx, &mut body, &mut out)).await;
+            if let Err(ConnError::Body(_)) = &sent {
+                // The app failed mid-answer: what came of it still goes out
+                // (without an end, so it does not look complete). No answer
+                // at all would read as a stale keep-alive connection, which
+                // clients answer by sending the request again.
+                drop(body);
+                let _ = std::future::poll_fn(|cx| self.poll_write_idle(cx)).await;
+            }
+            sent?;
+        }
+        // A large answer grew the write buffer: not kept while idle.
+        if self.wbuf.capacity() > WRITE_KEEP {
+            self.wbuf = Vec::new();
         }
         Ok(keep && !self.body_unread && self.pump.is_none())
     }
@@ -377,6 +459,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             wbuf,
             pump,
             body_unread,
+            timer,
+            settings,
             ..
         } = self;
         let Some(p) = pump else { return };
@@ -427,14 +511,33 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                         rbuf.reserve(READ_CHUNK * 4);
                     }
                     match poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
-                        Poll::Pending => return,
+                        Poll::Pending => {
+                            // A client that stops sending its body is cut
+                            // after the idle timeout (nginx's
+                            // `client_body_timeout`), not held until the
+                            // app's response timeout blames the app.
+                            if !timer.is_armed() {
+                                timer.arm(settings.idle_timeout);
+                            }
+                            if timer.poll_expired(cx).is_pending() {
+                                return;
+                            }
+                            timer.disarm();
+                            c.item = Some(Err(ReqBodyError::Stalled(settings.idle_timeout)));
+                            c.done = true;
+                            *body_unread = true;
+                            true
+                        }
                         Poll::Ready(Ok(0)) => {
                             c.item = Some(Err(ReqBodyError::Incomplete));
                             c.done = true;
                             *body_unread = true;
                             true
                         }
-                        Poll::Ready(Ok(_)) => continue,
+                        Poll::Ready(Ok(_)) => {
+                            timer.disarm();
+                            continue;
+                        }
                         Poll::Ready(Err(e)) => {
                             c.item = Some(Err(ReqBodyError::Io(e.to_string())));
                             c.done = true;
@@ -676,6 +779,8 @@ pub enum ReqBodyError {
     Chunked(h1_codec::Error),
     #[error("reading the request body: {0}")]
     Io(String),
+    #[error("client sent nothing of the request body for {0:?}")]
+    Stalled(Duration),
 }
 
 /// Between the connection (which reads) and the body (which the handler

@@ -3,9 +3,11 @@
 //! A node accepts TCP connections (usually relayed by a director, which opens
 //! each with a PROXY v2 header carrying the real client address), terminates
 //! TLS with rustls (certificate chosen by SNI), routes HTTP requests by host
-//! and path to an application cluster and proxies them (hyper serves the
-//! client; HTTP/1.1 apps are reached with the node's own client, see
-//! `h1_client`, h2 apps with hyper's), telling the application who the client is (X-Forwarded-For, or a PROXY v2 header on the
+//! and path to an application cluster and proxies them (HTTP/1.1 clients
+//! are served by the node's own server, `h1_server`, h2 clients by hyper's;
+//! HTTP/1.1 apps are reached with the node's own client, `h1_client`, h2
+//! apps with hyper's; the HTTP/1.1 protocol rules of both are in the sans-IO
+//! `h1_codec` crate), telling the application who the client is (X-Forwarded-For, or a PROXY v2 header on the
 //! upstream connection when the cluster asks for it).
 //!
 //! A request passes these stages, one module each: [`listener`] (accept,
@@ -23,20 +25,21 @@
 //! [`limits`]): header bytes and count (431), body size (413, per listener
 //! or per cluster, on declared and on streamed bodies), h2 concurrent
 //! streams, open connections (closed at accept beyond the limit), request
-//! head read timeout (slowloris) and TLS handshake timeout.
+//! head read timeout (slowloris), idle timeout (between requests, and for a
+//! client that leaves its answer unread) and TLS handshake timeout.
 //!
 //! Request smuggling shapes on HTTP/1.1, as a client sees them on the wire
 //! (tested with a raw TLS socket in `tests/depth.rs`):
-//! - two different `Content-Length` values, `Transfer-Encoding` whose last
-//!   coding is not `chunked` (`gzip`, `xchunked`), `Transfer-Encoding` on
-//!   HTTP/1.0: `400` from hyper's parser, connection closed; the request
-//!   never reaches the router.
-//! - `Content-Length` *and* `Transfer-Encoding: chunked`: hyper's parser
-//!   drops `Content-Length` before the request is visible to any service
-//!   (so it cannot be refused with 400 without a parser of our own), frames
-//!   the body as chunked (RFC 9112 6.1) and closes the connection after the
-//!   answer (`connection: close`), so bytes past the chunked body are never
-//!   read as a request. The upstream gets the re-framed body, never both
+//! - two different `Content-Length` values, a `Transfer-Encoding` other
+//!   than a lone `chunked` (`gzip`, `xchunked`, `chunked, chunked`),
+//!   `Transfer-Encoding` on HTTP/1.0, more than one `Host`, no `Host` on
+//!   HTTP/1.1: `400` from `h1_codec::parse_request`, connection closed; the
+//!   request never reaches the router.
+//! - `Content-Length` *and* `Transfer-Encoding: chunked`: as HAProxy does
+//!   (RFC 9112 §6.1 allows it), `Content-Length` is dropped, the body is
+//!   read as chunked and the connection closes after the answer
+//!   (`connection: close`), so bytes past the chunked body are never read
+//!   as a request. The upstream gets the re-framed body, never both
 //!   headers. A request that still shows both (h2 cannot carry
 //!   `Transfer-Encoding` at all) is refused with 400.
 //! - A body refused part-way with 413 closes the h1 connection.

@@ -252,7 +252,7 @@ async fn connection(
     // On the heap: the connection task keeps a pointer, not the TLS state.
     let mut tls = Box::new(tls);
     let handshake_ms = handshake_start.elapsed().as_secs_f64() * 1000.0;
-    if !idle_until_first_bytes(&mut tls, head_timeout).await {
+    if !idle_until_first_bytes(&mut tls, head_timeout, &drain).await {
         tracing::debug!(%peer, %client, "no request after the TLS handshake; closing");
         return;
     }
@@ -332,9 +332,10 @@ async fn serve_http<IO>(
         return;
     }
     let mut conn = h1_server::Conn::with_buf(io, buf, http.h1);
-    match conn.sniff().await {
+    let mut drained = Box::pin(drain.clone().cancelled_owned());
+    match conn.sniff(drained.as_mut()).await {
         Ok(Start::H1) => {
-            if let Err(e) = conn.serve(ctx, Box::pin(drain.cancelled_owned())).await {
+            if let Err(e) = conn.serve(ctx, drained).await {
                 tracing::debug!(%client, error = %e, "client connection ended with an error");
             }
         }
@@ -352,8 +353,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
+    // Boxed: hyper keeps a slot of the service future's size per stream.
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        forward::handle(ctx.clone(), req)
+        Box::pin(forward::handle(ctx.clone(), req))
     });
     let mut conn = Box::pin(http.h2.serve_connection(TokioIo::new(io), svc));
     let r = tokio::select! {
@@ -372,10 +374,12 @@ where
 /// only the socket and the TLS state: hyper's per-connection read buffer
 /// (8 KiB) and parser state are made when the first bytes come, so idle
 /// connections stay small. False if nothing came within `head_timeout`
-/// (hyper's own wait for a request head) or the socket failed: close.
+/// (hyper's own wait for a request head), the socket failed, or the node
+/// drains: close.
 async fn idle_until_first_bytes(
     tls: &mut tokio_rustls::server::TlsStream<Rewind<TcpStream>>,
     head_timeout: Duration,
+    drain: &CancellationToken,
 ) -> bool {
     use tokio::io::AsyncWriteExt;
     // Session tickets and the like go out now, not with the first answer.
@@ -388,10 +392,11 @@ async fn idle_until_first_bytes(
     if !conn.wants_read() || !io.prefix().is_empty() {
         return true;
     }
-    matches!(
-        tokio::time::timeout(head_timeout, io.get_ref().readable()).await,
-        Ok(Ok(()))
-    )
+    // Idle: the node draining closes it at once.
+    tokio::select! {
+        r = tokio::time::timeout(head_timeout, io.get_ref().readable()) => matches!(r, Ok(Ok(()))),
+        () = drain.cancelled() => false,
+    }
 }
 
 fn reject_reason(e: &AcceptError) -> &'static str {

@@ -305,7 +305,7 @@ async fn header_and_body_limits_and_smuggling_shapes_on_the_wire() {
     });
     let n = start(&snap).await;
 
-    // A head over 8 KiB: 431 from hyper.
+    // A head over 8 KiB: 431.
     let big = format!(
         "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(9000)
@@ -386,7 +386,7 @@ async fn header_and_body_limits_and_smuggling_shapes_on_the_wire() {
         .expect("response");
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    // Smuggling shapes that hyper refuses with 400 before any of our code.
+    // Smuggling shapes refused with 400 by the request parser, before routing.
     let refused: [(&str, &[u8]); 4] = [
         (
             "two different Content-Lengths",
@@ -409,7 +409,7 @@ async fn header_and_body_limits_and_smuggling_shapes_on_the_wire() {
         let got = raw(n.addr, &cert, request).await;
         assert!(got.starts_with("HTTP/1.1 400 "), "{shape}: {got}");
     }
-    // Content-Length and Transfer-Encoding together: hyper frames the body
+    // Content-Length and Transfer-Encoding together: the node frames the body
     // by the chunked encoding, drops Content-Length and closes the
     // connection after the answer (RFC 9112 6.1), so the bytes the CL would
     // have left over ("GET /smuggled") are never read as a request.
@@ -473,6 +473,49 @@ async fn h2_header_list_limit_and_stream_limit() {
         )
         .expect("send");
     assert_eq!(resp.await.expect("response").status(), StatusCode::OK);
+}
+
+/// A client that sends its whole upload without waiting (no
+/// `Expect: 100-continue`) gets the 413, not a reset: the node reads and
+/// drops the body it refused before closing (a close with unread bytes
+/// sends a TCP reset, which can destroy the answer before it is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upload_gets_its_answer_not_a_reset() {
+    let cert = test_cert();
+    let a = named_app("a").await;
+    let mut small = cluster("small", &[a]);
+    small.max_request_body_bytes = 100;
+    let snap = snapshot(&cert, vec![small], vec![route("small", "/", "small")]);
+    let n = start(&snap).await;
+    for round in 0..5 {
+        let s = tls(n.addr, &cert, &[b"http/1.1"]).await;
+        let (mut rd, mut wr) = tokio::io::split(s);
+        let body = vec![b'x'; 256 * 1024];
+        let writer = tokio::spawn(async move {
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = wr.write_all(head.as_bytes()).await;
+            // The node answers on the head; the body follows at once.
+            let _ = wr.write_all(&body).await;
+            wr
+        });
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        let got = String::from_utf8_lossy(&out);
+        assert!(
+            got.starts_with("HTTP/1.1 413 "),
+            "round {round}: {r:?}: {got}"
+        );
+        assert!(got.contains("connection: close"), "{got}");
+        // The connection ends with the node's close, not a reset.
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "round {round}: connection ended with {r:?}"
+        );
+        drop(writer.await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
