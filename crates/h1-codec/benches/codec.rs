@@ -1,13 +1,14 @@
-//! Cost of the codec's three hot paths on typical messages: parsing an
-//! nginx response head, decoding a chunked body as it arrives in socket
-//! reads, encoding a proxied request head.
+//! Cost of the codec's hot paths on typical messages: parsing an nginx
+//! response head, decoding a chunked body as it arrives in socket reads,
+//! encoding a proxied request head, and on the server side parsing a
+//! client's request head.
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use h1_codec::{
-    BodyFraming, CRLF, Chunk, ChunkedDecoder, LAST_CHUNK, encode_chunk, encode_request_head,
-    parse_response,
+    BodyFraming, CRLF, Chunk, ChunkedDecoder, LAST_CHUNK, RequestLimits, encode_chunk,
+    encode_request_head, parse_request, parse_response,
 };
 use http::Method;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -122,5 +123,68 @@ fn encode_head(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_head, decode_chunked, encode_head);
+/// What a browser sends for a page: request line and 10 headers.
+const BROWSER_GET: &[u8] = b"GET /catalog/items?page=2&sort=price HTTP/1.1\r\n\
+Host: shop.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+Accept-Language: en-US,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Referer: https://shop.example.com/catalog\r\n\
+Connection: keep-alive\r\n\
+Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+Priority: u=0, i\r\n\
+\r\n";
+
+/// A load generator's GET (wrk with a Host and two `-H` headers).
+const WRK_GET: &[u8] = b"GET /100b HTTP/1.1\r\n\
+Host: app.test\r\n\
+User-Agent: wrk\r\n\
+Accept: */*\r\n\
+\r\n";
+
+/// The node's default request limits.
+const LIMITS: RequestLimits = RequestLimits {
+    max_head: 64 * 1024,
+    max_headers: 100,
+};
+
+fn parse_request_head(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_request");
+    g.throughput(Throughput::Elements(1));
+    for (name, wire) in [
+        ("browser_get_10_headers", BROWSER_GET),
+        ("wrk_get_3_headers", WRK_GET),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || BytesMut::from(wire),
+                |buf| {
+                    let head = parse_request(buf, LIMITS);
+                    assert!(matches!(head, Ok(Some(_))));
+                    black_box(head)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    // Baseline: httparse's tokenizing alone (no URI, HeaderMap or checks).
+    g.bench_function("httparse_only_browser_get", |b| {
+        b.iter(|| {
+            let mut raw = [httparse::EMPTY_HEADER; 100];
+            let mut req = httparse::Request::new(&mut raw);
+            black_box(req.parse(black_box(BROWSER_GET)).is_ok())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_head,
+    decode_chunked,
+    encode_head,
+    parse_request_head
+);
 criterion_main!(benches);

@@ -4,11 +4,13 @@
 //! decides, strictly, how its body is framed (RFC 9112 §6.1–6.3). Every
 //! shape a proxy could be smuggled through is refused rather than guessed:
 //! a Transfer-Encoding other than a lone `chunked`, Transfer-Encoding on
-//! HTTP/1.0, Content-Lengths that disagree, more than one Host, or no Host
-//! on HTTP/1.1. With both Transfer-Encoding and Content-Length the chunked
-//! encoding frames the body, Content-Length is removed and the connection
-//! is closed after the answer (§6.1), so bytes a Content-Length reader
-//! would take as the next request never are.
+//! HTTP/1.0, Content-Lengths that disagree, more than one Host, no Host
+//! on HTTP/1.1, a Host that is not `host[:port]`, a target with a
+//! fragment or in a form its method does not take. With both
+//! Transfer-Encoding and Content-Length the chunked encoding frames the
+//! body, Content-Length is removed and the connection is closed after the
+//! answer (§6.1), so bytes a Content-Length reader would take as the next
+//! request never are.
 //!
 //! [`encode_response_head`] writes a status line, the headers and the
 //! framing the caller chose.
@@ -101,18 +103,24 @@ pub struct RequestLimits {
 }
 
 /// Parses a request head at the front of `buf`. `Ok(None)`: not complete
-/// yet (and within `limits.max_head`), nothing consumed. `Ok(Some)`: the
+/// yet (and within `limits.max_head`), nothing consumed but empty lines
+/// before the request line (RFC 9112 §2.2). `Ok(Some)`: the
 /// head was removed from `buf`, which now starts with the body (or the
 /// next request). Header values and the target share the head's bytes.
 pub fn parse_request(
     buf: &mut BytesMut,
     limits: RequestLimits,
 ) -> Result<Option<RequestHead>, RequestError> {
-    // RFC 9112 §2.2: empty lines before a request line are ignored.
-    let lead = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    // RFC 9112 §2.2: empty lines (CRLF, or a bare LF) before a request
+    // line are ignored; a bare CR is not an empty line.
+    let mut lead = 0;
+    loop {
+        match &buf[lead..] {
+            [b'\r', b'\n', ..] => lead += 2,
+            [b'\n', ..] => lead += 1,
+            _ => break,
+        }
+    }
     if lead > 0 {
         bytes::Buf::advance(buf, lead);
     }
@@ -173,8 +181,16 @@ pub fn parse_request(
         &heap_spans
     };
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
-        .map_err(|_| RequestError::Target)?;
+    let target = head.slice(target.0..target.0 + target.1);
+    // RFC 9112 §3.2: no fragment in any form (the URI parser would drop
+    // it); authority-form for CONNECT only, asterisk-form for OPTIONS only.
+    if target.contains(&b'#') || (&target[..] == b"*" && method != Method::OPTIONS) {
+        return Err(RequestError::Target);
+    }
+    let uri = Uri::from_maybe_shared(target).map_err(|_| RequestError::Target)?;
+    if uri.scheme().is_none() && uri.authority().is_some() && method != Method::CONNECT {
+        return Err(RequestError::Target);
+    }
     let mut headers = HeaderMap::with_capacity(count);
     for &[ns, ne, vs, ve] in spans {
         let (ns, ne) = (ns as usize, ne as usize);
@@ -189,6 +205,9 @@ pub fn parse_request(
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(RequestError::DuplicateHost),
         (None, _) if version == Version::HTTP_11 => return Err(RequestError::MissingHost),
+        (Some(host), _) if !valid_host(host.as_bytes()) => {
+            return Err(RequestError::Header(header::HOST.to_string()));
+        }
         _ => {}
     }
     let mut keep_alive = !has_token(&headers, header::CONNECTION, "close")
@@ -228,6 +247,76 @@ pub fn parse_request(
         expect_continue,
     }))
 }
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
+/// bracketed IP literal or a reg-name (an IPv4 address is one), then
+/// optionally `:` and digits. RFC 9112 §3.2: any other value is a 400.
+fn valid_host(v: &[u8]) -> bool {
+    let (host_ok, rest) = if let [b'[', inner @ ..] = v {
+        let Some(end) = inner.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &inner[..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| HOST_CHAR[usize::from(*b)] || *b == b':');
+        (ok, &inner[end + 1..])
+    } else {
+        let end = v.iter().position(|b| *b == b':').unwrap_or(v.len());
+        let mut name = &v[..end];
+        let mut ok = true;
+        while let [b, tail @ ..] = name {
+            name = tail;
+            if *b == b'%' {
+                match name {
+                    [h1, h2, tail @ ..] if h1.is_ascii_hexdigit() && h2.is_ascii_hexdigit() => {
+                        name = tail;
+                    }
+                    _ => ok = false,
+                }
+            } else if !HOST_CHAR[usize::from(*b)] {
+                ok = false;
+            }
+        }
+        (ok, &v[end..])
+    };
+    host_ok
+        && match rest {
+            [] => true,
+            [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+            _ => false,
+        }
+}
+
+/// unreserved / sub-delims (RFC 3986 §2.2–2.3), by byte.
+static HOST_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    t
+};
 
 /// Where a header's name and value are, as offsets from `base`.
 fn span_of(base: usize, h: &httparse::Header<'_>) -> [u32; 4] {

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::Node;
 use crate::cluster::{Cluster, InFlight};
 use crate::h1_client::{self, ExchangeError, H1Body};
+use crate::h1_server::ReqBodyError;
 use crate::limits::CappedBody;
 use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
@@ -165,38 +166,22 @@ fn remove_listed(h: &mut HeaderMap, v: &HeaderValue) {
     }
 }
 
-/// The Host a request names: `:authority` for h2, the target's authority
-/// for an HTTP/1.1 absolute-form target (RFC 9112 §3.2.2: Host is then
-/// ignored), else `Host`.
+/// The Host a request names: the target's authority when it has one (h2's
+/// `:authority`; an HTTP/1.1 absolute-form target, where RFC 9112 §3.2.2
+/// says the Host header is ignored), else `Host`.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    if (req.version() == Version::HTTP_2 || req.uri().scheme().is_some())
-        && let Some(a) = req.uri().authority()
-    {
-        return Some(a.as_str().to_string());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+    request_host_value(req).and_then(|v| v.to_str().ok().map(str::to_string))
 }
 
 /// [`request_host`] as a header value, without copying it for HTTP/1.1.
 fn request_host_value<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if (req.version() == Version::HTTP_2 || req.uri().scheme().is_some())
-        && let Some(a) = req.uri().authority()
-    {
+    if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
     req.headers()
         .get(header::HOST)
         .filter(|v| v.to_str().is_ok())
         .cloned()
-        .or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        })
 }
 
 /// The headers the node sets on a request to an app, in place of any the
@@ -519,7 +504,27 @@ enum SendError {
     Connect(String),
     /// No response headers within the cluster's response timeout.
     Timeout,
+    /// The client's request body failed (stalled, malformed): the answer
+    /// is this 4xx, and the endpoint is not blamed.
+    Client(StatusCode, String),
     Other(String),
+}
+
+/// A request body error that is the client's doing (an HTTP/1.1 client's
+/// body that stalled, was cut short or was badly chunked), anywhere in an
+/// error's chain: the status to answer with.
+fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(b) = err.downcast_ref::<ReqBodyError>() {
+            return Some(match b {
+                ReqBodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+                _ => StatusCode::BAD_REQUEST,
+            });
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Serves one request.
@@ -764,7 +769,7 @@ where
             && match &r {
                 Ok((resp, _)) => resp.status().is_server_error(),
                 Err(SendError::Connect(_) | SendError::Timeout) => true,
-                Err(SendError::Other(_)) => false,
+                Err(SendError::Client(..) | SendError::Other(_)) => false,
             };
         if cluster.report(idx, failed) {
             Metrics::cluster_counter(&ctx.node.metrics.ejections, &cluster.name);
@@ -850,6 +855,20 @@ where
                 start,
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream timeout\n",
+            )
+        }
+        Err(SendError::Client(status, e)) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep, error = %e, "client request body failed");
+            local(
+                ctx,
+                log,
+                start,
+                status,
+                if status == StatusCode::REQUEST_TIMEOUT {
+                    "request body timeout\n"
+                } else {
+                    "bad request body\n"
+                },
             )
         }
         Err(SendError::Other(e)) => {
@@ -963,7 +982,10 @@ async fn send(
                 ctx.node.metrics.upstream_connect_errors.inc();
                 Err(SendError::Connect(error_chain(&e)))
             }
-            Err(e) => Err(SendError::Other(error_chain(&e))),
+            Err(e) => Err(match client_body_fault(&e) {
+                Some(status) => SendError::Client(status, error_chain(&e)),
+                None => SendError::Other(error_chain(&e)),
+            }),
         };
     }
 
@@ -1048,6 +1070,10 @@ async fn send(
                 Err(e) => Err(SendError::Other(e.to_string())),
             }
         }
+        Err(ExchangeError::Body(b)) => Err(match client_body_fault(&*b) {
+            Some(status) => SendError::Client(status, b.to_string()),
+            None => SendError::Other(format!("request body: {b}")),
+        }),
         Err(e) => Err(SendError::Other(e.to_string())),
     }
 }
