@@ -316,6 +316,7 @@ pub fn encode_request_head_with(
 ) {
     let estimate = headers
         .iter()
+        .chain(extra.iter().copied())
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + target.len()

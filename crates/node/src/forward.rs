@@ -36,6 +36,7 @@ use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
 use crate::upstream::{BoundPool, BoxError, ConnectError, Opener, PoolRef, UpBody};
 use h1_codec::BodyFraming;
+use smallvec::SmallVec;
 
 pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -680,7 +681,7 @@ where
         &ctx.forwarding,
         host_value,
         cluster.proxy_v2,
-        || HeaderValue::from_maybe_shared(Bytes::from(ctx.node.new_request_id())).ok(),
+        || ctx.node.new_request_id(),
     );
     // HTTP/1.1 apps get the node's own headers from the encoder, unless the
     // route edits one of them (the edits must see them in the map then).
@@ -713,12 +714,13 @@ where
         replayable,
         idempotent,
     };
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let mut body = Some(if replayable {
-        empty_body()
-    } else {
-        CappedBody::new(body, max_body, exceeded.clone()).boxed()
+    // Set when the client's body crosses the limit (only a body can).
+    let exceeded = (!replayable).then(|| Arc::new(AtomicBool::new(false)));
+    let mut body = Some(match &exceeded {
+        None => empty_body(),
+        Some(flag) => CappedBody::new(body, max_body, flag.clone()).boxed(),
     });
+    let exceeded = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire));
     cluster.count_request();
 
     // A copy of the headers is kept for another attempt only when one can
@@ -726,7 +728,7 @@ where
     // client connects inside the request); a connect failure of ours leaves
     // them unused.
     let status_retry = !cluster.retry.on_status.is_empty() || cluster.h2;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut retries_left = cluster.retry.max_retries;
     let mut last: Option<(usize, Result<Sent, SendError>)> = None;
     while let Some(idx) = pick(ctx, &cluster, &tried, hash) {
@@ -762,7 +764,7 @@ where
         let waited = sent_at.elapsed().as_secs_f64();
         log.upstream_ms = Some(waited * 1000.0);
         ctx.node.metrics.ttfb(&cluster.series).observe(waited);
-        let client_fault = exceeded.load(Ordering::Acquire);
+        let client_fault = exceeded();
         // Passive health counts what the endpoint did: a refused connect,
         // no answer in time, or a 5xx. (Other errors may be the client's.)
         let failed = !client_fault
@@ -830,7 +832,7 @@ where
             };
             Response::from_parts(parts, body)
         }
-        Err(_) if exceeded.load(Ordering::Acquire) => local(
+        Err(_) if exceeded() => local(
             ctx,
             log,
             start,

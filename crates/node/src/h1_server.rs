@@ -41,10 +41,10 @@ use http::{Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::cluster::now_ms;
 use crate::forward::{self, ConnCtx, ProxyBody};
+use crate::stop::ConnStop;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -129,10 +129,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     /// (HAProxy's `timeout http-request`).
     /// A connection that has sent nothing when the node drains is closed
     /// (as [`Start::H1`] with nothing read: `serve` then ends at once).
-    pub(crate) async fn sniff(
-        &mut self,
-        mut drain: Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Result<Start, ConnError> {
+    pub(crate) async fn sniff(&mut self, stop: &ConnStop) -> Result<Start, ConnError> {
         self.timer.arm(self.settings.head_timeout);
         loop {
             let n = self.rbuf.len().min(H2_PREFACE.len());
@@ -145,7 +142,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             self.rbuf.reserve(READ_CHUNK);
             let idle = self.rbuf.is_empty();
             let read = std::future::poll_fn(|cx| {
-                if idle && drain.as_mut().poll(cx).is_ready() {
+                if idle && stop.poll_drained(cx).is_ready() {
                     return Poll::Ready(Ok(0));
                 }
                 if self.timer.poll_expired(cx).is_ready() {
@@ -169,10 +166,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     pub(crate) async fn serve(
         mut self,
         ctx: Arc<ConnCtx>,
-        mut drain: Pin<Box<WaitForCancellationFutureOwned>>,
+        stop: &ConnStop,
     ) -> Result<(), ConnError> {
         loop {
-            let head = match self.read_head(drain.as_mut()).await {
+            let head = match self.read_head(stop).await {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -252,10 +249,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// The next request head; `None` when the client closed, went idle
     /// past the timeout, or the node drains, between requests.
-    async fn read_head(
-        &mut self,
-        mut drain: Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Result<Option<RequestHead>, ConnError> {
+    async fn read_head(&mut self, stop: &ConnStop) -> Result<Option<RequestHead>, ConnError> {
         // The first head's timer runs since the connection started.
         let mut armed_for_head = self.requests == 0;
         if self.rbuf.is_empty() && !armed_for_head {
@@ -275,7 +269,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             let idle = self.rbuf.is_empty();
             let read = std::future::poll_fn(|cx| {
-                if idle && drain.as_mut().poll(cx).is_ready() {
+                if idle && stop.poll_drained(cx).is_ready() {
                     return Poll::Ready(Ok(None));
                 }
                 if self.timer.poll_expired(cx).is_ready() {
@@ -579,15 +573,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 
     /// [`Self::poll_write_out`], dropping a client that reads nothing for
-    /// the idle timeout.
+    /// the idle timeout (any progress starts the timeout again, as
+    /// HAProxy's `timeout client`).
     fn poll_write_idle(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        let before = self.wpos;
         match self.poll_write_out(cx) {
             Poll::Ready(r) => {
                 self.timer.disarm();
                 Poll::Ready(r.map_err(ConnError::Io))
             }
             Poll::Pending => {
-                if !self.timer.is_armed() {
+                if !self.timer.is_armed() || self.wpos != before {
                     self.timer.arm(self.settings.idle_timeout);
                 }
                 if self.timer.poll_expired(cx).is_ready() {

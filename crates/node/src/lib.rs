@@ -71,6 +71,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy_accept;
 pub mod router;
+mod stop;
 pub mod tickets;
 pub mod tls;
 mod upstream;
@@ -467,25 +468,34 @@ impl Node {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// `{instance:016x}-{n:x}`, written by hand: `format!` was a visible
-    /// share of a request's instructions.
-    pub(crate) fn new_request_id(&self) -> String {
-        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let mut id = String::with_capacity(33);
-        push_hex(&mut id, self.instance, 16);
-        id.push('-');
-        push_hex(&mut id, n, 1);
-        id
+    /// `{instance:016x}-{n:x}` as a header value, written by hand into a
+    /// stack buffer (`format!` and a `String` cost a visible share of a
+    /// request's instructions, and two allocations).
+    pub(crate) fn new_request_id(&self) -> Option<http::HeaderValue> {
+        hex_id(
+            self.instance,
+            self.next_request_id.fetch_add(1, Ordering::Relaxed),
+        )
     }
 }
 
-/// Appends `v` in lower-case hex, at least `min_digits` digits.
-fn push_hex(s: &mut String, v: u64, min_digits: u32) {
-    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits);
-    for i in (0..digits).rev() {
-        let d = ((v >> (i * 4)) & 0xf) as u8;
-        s.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+/// `{a:016x}-{b:x}` as a header value.
+fn hex_id(a: u64, b: u64) -> Option<http::HeaderValue> {
+    let mut buf = [0u8; 33];
+    let mut len = 0;
+    for (v, min) in [(a, 16), (b, 1)] {
+        if len > 0 {
+            buf[len] = b'-';
+            len += 1;
+        }
+        let digits = (64 - v.leading_zeros()).div_ceil(4).max(min);
+        for i in (0..digits).rev() {
+            let d = ((v >> (i * 4)) & 0xf) as u8;
+            buf[len] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+            len += 1;
+        }
     }
+    http::HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// Binds `listen` and `admin_listen`, subscribes to control (watch stream,
@@ -557,23 +567,16 @@ pub async fn run(
 #[cfg(test)]
 mod id_tests {
     #[test]
-    fn hex_matches_format() {
-        for (v, min) in [
-            (0u64, 1u32),
+    fn ids_are_hex_with_a_fixed_width_instance() {
+        for (a, b) in [
+            (0u64, 0u64),
             (1, 1),
-            (0xabc, 1),
-            (u64::MAX, 16),
-            (0x1f, 16),
-            (0, 16),
+            (0xabc, 0x1f),
+            (u64::MAX, u64::MAX),
+            (0x1f, 0),
         ] {
-            let mut s = String::new();
-            super::push_hex(&mut s, v, min);
-            let want = if min == 16 {
-                format!("{v:016x}")
-            } else {
-                format!("{v:x}")
-            };
-            assert_eq!(s, want);
+            let v = super::hex_id(a, b).expect("valid");
+            assert_eq!(v.to_str().expect("ascii"), format!("{a:016x}-{b:x}"));
         }
     }
 }

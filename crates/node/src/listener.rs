@@ -27,6 +27,7 @@ use crate::forward::{self, ConnCtx};
 use crate::h1_server::{self, Start};
 use crate::limits::Http;
 use crate::proxy_accept::{AcceptError, Rewind, read_proxy_header};
+use crate::stop::{ConnStop, Stops, until_cut};
 use crate::upstream::{BoundPool, ClientIdentity};
 use crate::{Node, ProxyProtocolMode};
 
@@ -59,8 +60,7 @@ pub(crate) async fn serve(
     transport: Transport,
 ) {
     let tracker = TaskTracker::new();
-    let drain = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
+    let stops = Arc::new(Stops::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -86,31 +86,28 @@ pub(crate) async fn serve(
         node.metrics.connections_active.inc();
         let guard = OpenGuard(node.clone());
         let node = node.clone();
-        let drain = drain.clone();
-        let hard_stop = hard_stop.clone();
+        let (stop, stop_guard) = stops.register();
         // This task lives as long as the connection: its future is kept
         // small (about 1 KiB; 5 KiB before the handshake, the TLS stream
         // and the HTTP connection were put on the heap).
         tracker.spawn(async move {
             let _guard = guard;
-            tokio::select! {
-                _ = connection(&node, stream, peer, drain, transport) => {}
-                _ = hard_stop.cancelled() => {}
-            }
+            let _stop_guard = stop_guard;
+            until_cut(&stop, connection(&node, stream, peer, &stop, transport)).await;
         });
     }
     drop(listener);
     node.set_shutting_down();
     // Idle h1 connections close now, busy ones after their answer (with
     // `Connection: close`); h2 connections get GOAWAY.
-    drain.cancel();
+    stops.drain();
     tracker.close();
     let open = tracker.len();
     tracing::info!(id = %node.config.id, open, "node draining");
     let limit = node.config.drain_timeout;
     if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
         tracing::warn!(id = %node.config.id, timeout = ?limit, "drain timed out; closing remaining connections");
-        hard_stop.cancel();
+        stops.cut();
     }
 }
 
@@ -123,7 +120,7 @@ async fn connection(
     node: &Arc<Node>,
     stream: TcpStream,
     peer: SocketAddr,
-    drain: CancellationToken,
+    stop: &ConnStop,
     transport: Transport,
 ) {
     let _ = stream.set_nodelay(true);
@@ -223,7 +220,7 @@ async fn connection(
             BytesMut::from(prefix),
             ctx,
             &http,
-            drain,
+            stop,
             false,
         ))
         .await;
@@ -252,7 +249,7 @@ async fn connection(
     // On the heap: the connection task keeps a pointer, not the TLS state.
     let mut tls = Box::new(tls);
     let handshake_ms = handshake_start.elapsed().as_secs_f64() * 1000.0;
-    if !idle_until_first_bytes(&mut tls, head_timeout, &drain).await {
+    if !idle_until_first_bytes(&mut tls, head_timeout, stop).await {
         tracing::debug!(%peer, %client, "no request after the TLS handshake; closing");
         return;
     }
@@ -311,7 +308,7 @@ async fn connection(
     let h2 = &*ctx.alpn == "h2";
     // Boxed, here and above: the HTTP connection's state is made when it
     // starts, not reserved in every connection task from accept on.
-    Box::pin(serve_http(tls, BytesMut::new(), ctx, &http, drain, h2)).await;
+    Box::pin(serve_http(tls, BytesMut::new(), ctx, &http, stop, h2)).await;
 }
 
 /// HTTP on an established stream: h2 when ALPN said so or the client opens
@@ -321,34 +318,33 @@ async fn serve_http<IO>(
     buf: BytesMut,
     ctx: Arc<ConnCtx>,
     http: &Http,
-    drain: CancellationToken,
+    stop: &ConnStop,
     h2: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
     if h2 {
-        serve_h2(io, ctx, http, drain).await;
+        serve_h2(io, ctx, http, stop).await;
         return;
     }
     let mut conn = h1_server::Conn::with_buf(io, buf, http.h1);
-    let mut drained = Box::pin(drain.clone().cancelled_owned());
-    match conn.sniff(drained.as_mut()).await {
+    match conn.sniff(stop).await {
         Ok(Start::H1) => {
-            if let Err(e) = conn.serve(ctx, drained).await {
+            if let Err(e) = conn.serve(ctx, stop).await {
                 tracing::debug!(%client, error = %e, "client connection ended with an error");
             }
         }
         Ok(Start::H2(prefix)) => {
             let io = Rewind::with_prefix(conn.into_io(), prefix);
-            serve_h2(io, ctx, http, drain).await;
+            serve_h2(io, ctx, http, stop).await;
         }
         Err(e) => tracing::debug!(%client, error = %e, "client connection ended with an error"),
     }
 }
 
 /// An h2 connection (hyper's server); GOAWAY when the node drains.
-async fn serve_h2<IO>(io: IO, ctx: Arc<ConnCtx>, http: &Http, drain: CancellationToken)
+async fn serve_h2<IO>(io: IO, ctx: Arc<ConnCtx>, http: &Http, stop: &ConnStop)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -360,7 +356,7 @@ where
     let mut conn = Box::pin(http.h2.serve_connection(TokioIo::new(io), svc));
     let r = tokio::select! {
         r = conn.as_mut() => r,
-        _ = drain.cancelled() => {
+        () = stop.drained() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -379,7 +375,7 @@ where
 async fn idle_until_first_bytes(
     tls: &mut tokio_rustls::server::TlsStream<Rewind<TcpStream>>,
     head_timeout: Duration,
-    drain: &CancellationToken,
+    stop: &ConnStop,
 ) -> bool {
     use tokio::io::AsyncWriteExt;
     // Session tickets and the like go out now, not with the first answer.
@@ -395,7 +391,7 @@ async fn idle_until_first_bytes(
     // Idle: the node draining closes it at once.
     tokio::select! {
         r = tokio::time::timeout(head_timeout, io.get_ref().readable()) => matches!(r, Ok(Ok(()))),
-        () = drain.cancelled() => false,
+        () = stop.drained() => false,
     }
 }
 
