@@ -321,7 +321,7 @@ async fn serve_http<IO>(
     stop: &ConnStop,
     h2: bool,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: h1_server::ClientIo + Send + 'static,
 {
     let client = ctx.client;
     if h2 {
