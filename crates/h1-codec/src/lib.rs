@@ -162,7 +162,7 @@ pub fn parse_response(
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for [ns, ne, vs, ve] in spans.into_iter().take(count) {
+    for &[ns, ne, vs, ve] in &spans[..count] {
         let (ns, ne) = (ns as usize, ne as usize);
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| Error::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
