@@ -162,15 +162,17 @@ pub fn parse_response(
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    let mut seen = Seen::default();
     for &[ns, ne, vs, ve] in &spans[..count] {
         let (ns, ne) = (ns as usize, ne as usize);
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| Error::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Error::Header(name.to_string()))?;
+        seen.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    let (framing, mut keep_alive) = framing(status, version, &headers, head_request)?;
+    let (framing, mut keep_alive) = framing(status, version, &headers, &seen, head_request)?;
     if framing == Framing::Close {
         keep_alive = false;
     }
@@ -188,18 +190,16 @@ fn framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    seen: &Seen,
     head_request: bool,
 ) -> Result<(Framing, bool), Error> {
     // RFC 9112 §9.3: "close" wins in any version; HTTP/1.0 persists only
     // with "keep-alive". §6.1: an HTTP/1.0 message with Transfer-Encoding
     // has faulty framing, so the connection closes after it.
-    let mut keep_alive = !has_token(headers, header::CONNECTION, "close")
+    let mut keep_alive = !seen.close
         && match version {
             Version::HTTP_11 => true,
-            _ => {
-                has_token(headers, header::CONNECTION, "keep-alive")
-                    && !headers.contains_key(header::TRANSFER_ENCODING)
-            }
+            _ => seen.keep_alive && !seen.te,
         };
     if head_request
         || status.is_informational()
@@ -208,10 +208,10 @@ fn framing(
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.te {
         // Both framings: Transfer-Encoding wins, and the connection is not
         // trusted with another message.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.content_length.is_some() {
             keep_alive = false;
         }
         return Ok(if last_coding_is_chunked(headers) {
@@ -220,10 +220,83 @@ fn framing(
             (Framing::Close, false)
         });
     }
-    match content_length(headers)? {
-        Some(n) => Ok((Framing::Length(n), keep_alive)),
+    match seen.content_length {
+        Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
+        Some(Err(())) => Err(Error::ContentLength),
         None => Ok((Framing::Close, false)),
     }
+}
+
+/// What the framing rules need from a head, noted while its headers are
+/// read, so that none of them costs a header-map lookup afterwards.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// `Host` lines, and whether the first one is a valid host.
+    pub hosts: u32,
+    pub first_host_valid: bool,
+    /// A `Transfer-Encoding` line.
+    pub te: bool,
+    /// The `Content-Length` lines: one number (every value and list element
+    /// the same), or invalid.
+    pub content_length: Option<Result<u64, ()>>,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// The first `Expect` line says `100-continue`.
+    pub expect_continue: bool,
+    expect_seen: bool,
+}
+
+impl Seen {
+    pub(crate) fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.content_length = Some(match (self.content_length, parse_length(value)) {
+                (None | Some(Ok(_)), Err(())) | (Some(Err(())), _) => Err(()),
+                (None, Ok(n)) => Ok(n),
+                (Some(Ok(prev)), Ok(n)) if prev == n => Ok(n),
+                (Some(Ok(_)), Ok(_)) => Err(()),
+            });
+        } else if *name == header::CONNECTION {
+            for t in value.split(|b| *b == b',') {
+                let t = trim(t);
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.te = true;
+        } else if *name == header::HOST {
+            if self.hosts == 0 {
+                self.first_host_valid = request::valid_host(value);
+            }
+            self.hosts += 1;
+        } else if *name == header::EXPECT && !self.expect_seen {
+            self.expect_seen = true;
+            self.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+}
+
+/// One `Content-Length` value: a number, or a list of the same number.
+fn parse_length(v: &[u8]) -> Result<u64, ()> {
+    let mut found: Option<u64> = None;
+    for part in v.split(|b| *b == b',') {
+        let part = trim(part);
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        // Leading zeros are allowed; a value past u64 is not.
+        let n = part
+            .iter()
+            .try_fold(0u64, |acc, d| {
+                acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .ok_or(())?;
+        match found {
+            Some(prev) if prev != n => return Err(()),
+            _ => found = Some(n),
+        }
+    }
+    found.ok_or(())
 }
 
 /// The message's `Content-Length`: every value (and list element) must be

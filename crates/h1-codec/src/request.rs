@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::{content_length, has_token, trim};
+use crate::{Seen, trim};
 
 /// Header slots on the stack; a larger configured limit uses the heap.
 const STACK_HEADERS: usize = 128;
@@ -192,6 +192,7 @@ pub fn parse_request(
         return Err(RequestError::Target);
     }
     let mut headers = HeaderMap::with_capacity(count);
+    let mut seen = Seen::default();
     for &[ns, ne, vs, ve] in spans {
         let (ns, ne) = (ns as usize, ne as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
@@ -199,20 +200,20 @@ pub fn parse_request(
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| RequestError::Header(name.to_string()))?;
+        seen.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(RequestError::DuplicateHost),
-        (None, _) if version == Version::HTTP_11 => return Err(RequestError::MissingHost),
-        (Some(host), _) if !valid_host(host.as_bytes()) => {
+    match seen.hosts {
+        0 if version == Version::HTTP_11 => return Err(RequestError::MissingHost),
+        0 => {}
+        1 if !seen.first_host_valid => {
             return Err(RequestError::Header(header::HOST.to_string()));
         }
-        _ => {}
+        1 => {}
+        _ => return Err(RequestError::DuplicateHost),
     }
-    let mut keep_alive = !has_token(&headers, header::CONNECTION, "close")
-        && (version == Version::HTTP_11 || has_token(&headers, header::CONNECTION, "keep-alive"));
-    let framing = if headers.contains_key(header::TRANSFER_ENCODING) {
+    let mut keep_alive = !seen.close && (version == Version::HTTP_11 || seen.keep_alive);
+    let framing = if seen.te {
         if version == Version::HTTP_10 {
             return Err(RequestError::TransferEncodingHttp10);
         }
@@ -228,15 +229,13 @@ pub fn parse_request(
         }
         RequestFraming::Chunked
     } else {
-        match content_length(&headers).map_err(|_| RequestError::ContentLength)? {
-            Some(n) => RequestFraming::Length(n),
+        match seen.content_length {
+            Some(Ok(n)) => RequestFraming::Length(n),
+            Some(Err(())) => return Err(RequestError::ContentLength),
             None => RequestFraming::None,
         }
     };
-    let expect_continue = version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| trim(v.as_bytes()).eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = version == Version::HTTP_11 && seen.expect_continue;
     Ok(Some(RequestHead {
         method,
         uri,
@@ -251,7 +250,7 @@ pub fn parse_request(
 /// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a
 /// bracketed IP literal or a reg-name (an IPv4 address is one), then
 /// optionally `:` and digits. RFC 9112 §3.2: any other value is a 400.
-fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     let (host_ok, rest) = if let [b'[', inner @ ..] = v {
         let Some(end) = inner.iter().position(|b| *b == b']') else {
             return false;
