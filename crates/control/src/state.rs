@@ -192,7 +192,7 @@ impl State {
                 match event {
                     StoreEvent::Snapshot(snapshot) => {
                         let _guard = state.apply_lock.lock().await;
-                        state.adopt(snapshot);
+                        state.adopt(*snapshot);
                     }
                     StoreEvent::Error(reason) => {
                         state.metrics.store_error("watch");

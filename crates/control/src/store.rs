@@ -66,7 +66,8 @@ impl StoreError {
 pub enum StoreEvent {
     /// A snapshot now stored (committed by this or another instance; the
     /// receiver keeps only versions newer than its own).
-    Snapshot(Snapshot),
+    /// (Boxed: a snapshot is large next to the error.)
+    Snapshot(Box<Snapshot>),
     /// The watch failed and is being re-established (with backoff).
     Error(String),
 }

@@ -550,5 +550,8 @@ async fn deliver(
 ) -> Result<bool, StoreError> {
     let snapshot = shared.decode(kv)?;
     shared.saw(snapshot.version, kv.mod_revision());
-    Ok(tx.send(StoreEvent::Snapshot(snapshot)).await.is_ok())
+    Ok(tx
+        .send(StoreEvent::Snapshot(Box::new(snapshot)))
+        .await
+        .is_ok())
 }

@@ -407,13 +407,19 @@ async fn etcd_store_conformance() -> Result<(), BoxError> {
     assert!(two.watch().is_none(), "watch() is handed out once");
     // The watch starts with what is stored.
     let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await?;
-    assert_eq!(first, Some(StoreEvent::Snapshot(sample(1, &["a"]))));
+    assert_eq!(
+        first,
+        Some(StoreEvent::Snapshot(Box::new(sample(1, &["a"]))))
+    );
 
     let s = one.clone();
     blocking(move || s.commit(1, &sample(2, &["a", "b"]), &record(2, "alice"))).await?;
     // The other client of the same prefix sees it, by load and by watch.
     let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await?;
-    assert_eq!(next, Some(StoreEvent::Snapshot(sample(2, &["a", "b"]))));
+    assert_eq!(
+        next,
+        Some(StoreEvent::Snapshot(Box::new(sample(2, &["a", "b"]))))
+    );
     let s = two.clone();
     assert_eq!(
         blocking(move || s.load()).await?,

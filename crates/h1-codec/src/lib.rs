@@ -150,28 +150,10 @@ pub fn parse_response(
     let count = resp.headers.len();
     let mut spans = [[0u32; 4]; MAX_HEADERS];
     for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        // Offsets inside a head of at most `max_head` (< 4 GiB) bytes.
-        *span = [
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        ];
+        *span = span_of(base, h);
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut seen = Seen::default();
-    for &[ns, ne, vs, ve] in &spans[..count] {
-        let (ns, ne) = (ns as usize, ne as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| Error::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Error::Header(name.to_string()))?;
-        seen.note(&name, value.as_bytes());
-        headers.append(name, value);
-    }
+    let (headers, seen) = header_map(&head, &spans[..count]).map_err(Error::Header)?;
     let (framing, mut keep_alive) = framing(status, version, &headers, &seen, head_request)?;
     if framing == Framing::Close {
         keep_alive = false;
@@ -183,6 +165,38 @@ pub fn parse_response(
         framing,
         keep_alive,
     }))
+}
+
+/// Where a parsed header's name and value are in the head, as offsets from
+/// `base` (the head's first byte; the head is under 4 GiB, checked by the
+/// callers).
+pub(crate) fn span_of(base: usize, h: &httparse::Header<'_>) -> [u32; 4] {
+    let name = h.name.as_ptr() as usize - base;
+    let value = h.value.as_ptr() as usize - base;
+    [
+        name as u32,
+        (name + h.name.len()) as u32,
+        value as u32,
+        (value + h.value.len()) as u32,
+    ]
+}
+
+/// The header map of `head` (values share its bytes), from the spans of
+/// its headers, with what the framing rules need noted on the way.
+/// `Err`: the name of the header whose name or value is not valid.
+pub(crate) fn header_map(head: &Bytes, spans: &[[u32; 4]]) -> Result<(HeaderMap, Seen), String> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut seen = Seen::default();
+    for &[ns, ne, vs, ve] in spans {
+        let name = &head[ns as usize..ne as usize];
+        let name =
+            HeaderName::from_bytes(name).map_err(|_| String::from_utf8_lossy(name).into_owned())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| name.to_string())?;
+        seen.note(&name, value.as_bytes());
+        headers.append(name, value);
+    }
+    Ok((headers, seen))
 }
 
 /// The body framing (RFC 9112 §6.3) and whether the connection persists.
@@ -304,23 +318,11 @@ fn parse_length(v: &[u8]) -> Result<u64, ()> {
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut found: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = trim(part);
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err(Error::ContentLength);
-            }
-            // Leading zeros are allowed; a value past u64 is not.
-            let n = part
-                .iter()
-                .try_fold(0u64, |acc, d| {
-                    acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                })
-                .ok_or(Error::ContentLength)?;
-            match found {
-                Some(prev) if prev != n => return Err(Error::ContentLength),
-                _ => found = Some(n),
-            }
+        let n = parse_length(v.as_bytes()).map_err(|()| Error::ContentLength)?;
+        if found.is_some_and(|prev| prev != n) {
+            return Err(Error::ContentLength);
         }
+        found = Some(n);
     }
     Ok(found)
 }

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::{Seen, trim};
+use crate::{header_map, span_of, trim};
 
 /// Header slots on the stack; a larger configured limit uses the heap.
 const STACK_HEADERS: usize = 128;
@@ -191,18 +191,7 @@ pub fn parse_request(
     if uri.scheme().is_none() && uri.authority().is_some() && method != Method::CONNECT {
         return Err(RequestError::Target);
     }
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut seen = Seen::default();
-    for &[ns, ne, vs, ve] in spans {
-        let (ns, ne) = (ns as usize, ne as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-            RequestError::Header(String::from_utf8_lossy(&head[ns..ne]).into_owned())
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| RequestError::Header(name.to_string()))?;
-        seen.note(&name, value.as_bytes());
-        headers.append(name, value);
-    }
+    let (mut headers, seen) = header_map(&head, spans).map_err(RequestError::Header)?;
     match seen.hosts {
         0 if version == Version::HTTP_11 => return Err(RequestError::MissingHost),
         0 => {}
@@ -316,19 +305,6 @@ static HOST_CHAR: [bool; 256] = {
     }
     t
 };
-
-/// Where a header's name and value are, as offsets from `base`.
-fn span_of(base: usize, h: &httparse::Header<'_>) -> [u32; 4] {
-    let name = h.name.as_ptr() as usize - base;
-    let value = h.value.as_ptr() as usize - base;
-    // Offsets inside a head checked to be under 4 GiB.
-    [
-        name as u32,
-        (name + h.name.len()) as u32,
-        value as u32,
-        (value + h.value.len()) as u32,
-    ]
-}
 
 /// How a response body is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,31 +14,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
+mod common;
+use common::*;
+
 // ---------------------------------------------------------------------------
 // Shared generators
 // ---------------------------------------------------------------------------
-
-const TCHAR: &[u8] =
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-
-/// A `token` (RFC 9110 §5.6.2).
-fn token(max: usize) -> impl Strategy<Value = String> {
-    vec(select(TCHAR), 1..=max).prop_map(|b| String::from_utf8(b).expect("tchars are ASCII"))
-}
-
-/// A field value: visible ASCII with inner spaces and tabs, no leading or
-/// trailing whitespace (those are OWS, not part of the value). May be empty.
-fn field_value() -> impl Strategy<Value = String> {
-    let ch = prop_oneof![
-        8 => (0x21u8..=0x7e).prop_map(char::from),
-        1 => Just(' '),
-        1 => Just('\t'),
-    ];
-    vec(ch, 0..40).prop_map(|cs| {
-        let s: String = cs.into_iter().collect();
-        s.trim_matches([' ', '\t']).to_string()
-    })
-}
 
 /// Splits `total` bytes into consecutive read sizes (each at least 1).
 fn reads(total: usize, sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
@@ -401,17 +382,6 @@ fn oversized_chunk_line_and_trailers_are_refused() {
 // ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-struct Line {
-    /// As written on the wire (any case).
-    name: String,
-    /// The value without OWS.
-    value: String,
-    /// OWS before and after the value.
-    lead: &'static str,
-    trail: &'static str,
-}
-
-#[derive(Debug, Clone)]
 struct ResponseCase {
     status: u16,
     http10: bool,
@@ -420,40 +390,6 @@ struct ResponseCase {
     head_request: bool,
     body: Vec<u8>,
     read_sizes: Vec<usize>,
-}
-
-fn cased(name: &'static str) -> impl Strategy<Value = String> {
-    select(vec![0u8, 1, 2]).prop_map(move |c| match c {
-        0 => name.to_string(),
-        1 => name.to_ascii_uppercase(),
-        _ => name
-            .split('-')
-            .map(|p| {
-                let mut s = p.to_string();
-                if let Some(f) = s.get_mut(0..1) {
-                    f.make_ascii_uppercase();
-                }
-                s
-            })
-            .collect::<Vec<_>>()
-            .join("-"),
-    })
-}
-
-fn ows() -> impl Strategy<Value = &'static str> {
-    select(vec!["", "", " ", "\t", "  ", " \t"])
-}
-
-fn line(
-    name: impl Strategy<Value = String>,
-    value: impl Strategy<Value = String>,
-) -> impl Strategy<Value = Line> {
-    (name, value, ows(), ows()).prop_map(|(name, value, lead, trail)| Line {
-        name,
-        value,
-        lead,
-        trail,
-    })
 }
 
 fn content_length_value() -> impl Strategy<Value = String> {
@@ -483,24 +419,6 @@ fn transfer_encoding_value() -> impl Strategy<Value = String> {
         "identity",
         "x-chunked",
         "chunkedx",
-    ])
-    .prop_map(str::to_string)
-}
-
-fn connection_value() -> impl Strategy<Value = String> {
-    select(vec![
-        "close",
-        "Close",
-        "keep-alive",
-        "Keep-Alive",
-        "upgrade",
-        "keep-alive, close",
-        "close, keep-alive",
-        "Upgrade, Close",
-        "te",
-        "x-close",
-        "keep-alivex",
-        "closed",
     ])
     .prop_map(str::to_string)
 }

@@ -29,12 +29,12 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
+mod common;
+use common::*;
+
 // ---------------------------------------------------------------------------
 // Generators
 // ---------------------------------------------------------------------------
-
-const TCHAR: &[u8] =
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// Field names the oracle gives a meaning to; "other" headers avoid them.
 const SPECIAL: &[&str] = &[
@@ -44,71 +44,6 @@ const SPECIAL: &[&str] = &[
     "connection",
     "expect",
 ];
-
-/// A `token` (RFC 9110 §5.6.2).
-fn token(max: usize) -> impl Strategy<Value = String> {
-    vec(select(TCHAR), 1..=max).prop_map(|b| String::from_utf8(b).expect("tchars are ASCII"))
-}
-
-/// A field value (RFC 9110 §5.5) without leading or trailing whitespace
-/// (that is OWS, not part of the value): visible ASCII with inner SP/HTAB.
-fn field_value() -> impl Strategy<Value = String> {
-    let ch = prop_oneof![
-        8 => (0x21u8..=0x7e).prop_map(char::from),
-        1 => Just(' '),
-        1 => Just('\t'),
-    ];
-    vec(ch, 0..40).prop_map(|cs| {
-        let s: String = cs.into_iter().collect();
-        s.trim_matches([' ', '\t']).to_string()
-    })
-}
-
-/// A name as a client may spell it: lower, upper or Title-Case.
-fn cased(name: &'static str) -> impl Strategy<Value = String> {
-    select(vec![0u8, 1, 2]).prop_map(move |c| match c {
-        0 => name.to_string(),
-        1 => name.to_ascii_uppercase(),
-        _ => name
-            .split('-')
-            .map(|p| {
-                let mut s = p.to_string();
-                if let Some(f) = s.get_mut(0..1) {
-                    f.make_ascii_uppercase();
-                }
-                s
-            })
-            .collect::<Vec<_>>()
-            .join("-"),
-    })
-}
-
-/// OWS around a field value (RFC 9112 §5.1).
-fn ows() -> impl Strategy<Value = &'static str> {
-    select(vec!["", "", " ", "\t", "  ", " \t"])
-}
-
-#[derive(Debug, Clone)]
-struct Line {
-    /// As written on the wire (any case).
-    name: String,
-    /// The value without OWS.
-    value: String,
-    lead: &'static str,
-    trail: &'static str,
-}
-
-fn line(
-    name: impl Strategy<Value = String>,
-    value: impl Strategy<Value = String>,
-) -> impl Strategy<Value = Line> {
-    (name, value, ows(), ows()).prop_map(|(name, value, lead, trail)| Line {
-        name,
-        value,
-        lead,
-        trail,
-    })
-}
 
 /// Host values labelled by hand from RFC 9110 §7.2 / RFC 3986 §3.2.2
 /// (`uri-host [":" port]`): true = valid.
@@ -167,25 +102,6 @@ fn transfer_encoding_value() -> impl Strategy<Value = String> {
             "chunkedx", "x-chunked", "identity", "chunked;q=1", "chunked , gzip", "",
         ]),
     ]
-    .prop_map(str::to_string)
-}
-
-fn connection_value() -> impl Strategy<Value = String> {
-    select(vec![
-        "close",
-        "Close",
-        "keep-alive",
-        "Keep-Alive",
-        "upgrade",
-        "keep-alive, close",
-        "close, keep-alive",
-        "Upgrade, Close",
-        "te",
-        "x-close",
-        "keep-alivex",
-        "closed",
-        ",close,",
-    ])
     .prop_map(str::to_string)
 }
 

@@ -607,8 +607,9 @@ where
         (route, cluster, rt.limits.max_body)
     };
     log.route = Some(route.clone());
-    // Conflicting framing (request smuggling): refuse. (hyper already
-    // refuses or normalises the h1 shapes; see the crate docs.)
+    // Conflicting framing (request smuggling): refuse. (The h1 shapes are
+    // refused or normalised by `h1_codec::parse_request` already, see the
+    // crate docs; this is for h2, which cannot carry Transfer-Encoding.)
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {

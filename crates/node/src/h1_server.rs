@@ -221,15 +221,12 @@ impl<IO: ClientIo> Conn<IO> {
                     };
                     if let Some(status) = status {
                         ctx.node.metrics.count_request("", "", status.as_u16(), 0.0);
-                        self.wbuf.extend_from_slice(b"HTTP/1.1 ");
-                        self.wbuf.extend_from_slice(status.as_str().as_bytes());
-                        self.wbuf.push(b' ');
-                        self.wbuf
-                            .extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-                        self.wbuf.extend_from_slice(b"\r\ndate: ");
-                        self.wbuf.extend_from_slice(http_date().as_bytes());
-                        self.wbuf.extend_from_slice(
-                            b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        h1_codec::encode_response_head(
+                            &mut self.wbuf,
+                            status,
+                            &HeaderMap::new(),
+                            &[(&header::DATE, &http_date()), (&header::CONNECTION, &CLOSE)],
+                            ResponseFraming::Length(0),
                         );
                         // Best effort: the client may be gone.
                         if std::future::poll_fn(|cx| self.poll_write_out(cx))

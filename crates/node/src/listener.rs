@@ -367,11 +367,11 @@ where
 }
 
 /// Waits, after the handshake, until the client sends something, holding
-/// only the socket and the TLS state: hyper's per-connection read buffer
-/// (8 KiB) and parser state are made when the first bytes come, so idle
-/// connections stay small. False if nothing came within `head_timeout`
-/// (hyper's own wait for a request head), the socket failed, or the node
-/// drains: close.
+/// only the socket and the TLS state: the connection's context, its HTTP
+/// read buffer (or hyper's h2 state) are made when the first bytes come,
+/// so connections that never send stay small. False if nothing came within
+/// `head_timeout` (the first request's head timeout), the socket failed, or
+/// the node drains: close.
 async fn idle_until_first_bytes(
     tls: &mut tokio_rustls::server::TlsStream<Rewind<TcpStream>>,
     head_timeout: Duration,
@@ -384,7 +384,7 @@ async fn idle_until_first_bytes(
     }
     let (io, conn) = tls.get_ref();
     // Plaintext already decrypted (a request that came with the client's
-    // Finished), or bytes the PROXY reader kept: hyper reads them at once.
+    // Finished), or bytes the PROXY reader kept: they are read at once.
     if !conn.wants_read() || !io.prefix().is_empty() {
         return true;
     }

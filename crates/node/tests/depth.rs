@@ -13,31 +13,19 @@ use control_api::pb::{
     HashOn, HashPolicy, HeaderMatch, HeaderValue as PbHeader, HealthCheck, ListenerSettings,
     OutlierDetection, Redirect, RetryPolicy, TicketKey, TlsSettings, UpstreamProtocol,
 };
-use control_api::{Certificate, Cluster, Endpoint, LbPolicy, Route, Snapshot};
+use control_api::{Certificate, Cluster, LbPolicy, Route, Snapshot};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use node::{Node, NodeConfig, ProxyProtocolMode};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn test_cert() -> TestCert {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    TestCert {
-        cert_pem: ck.cert.pem(),
-        key_pem: ck.signing_key.serialize_pem(),
-        der: ck.cert.der().clone(),
-    }
-}
+mod support;
+use support::{TestCert, cluster, route, test_cert};
 
 /// What an app does with a request.
 type Handler = Arc<dyn Fn(&Request<()>, usize) -> Response<Full<Bytes>> + Send + Sync>;
@@ -97,30 +85,6 @@ async fn named_app(name: &'static str) -> SocketAddr {
         r
     }))
     .await
-}
-
-fn cluster(name: &str, endpoints: &[SocketAddr]) -> Cluster {
-    Cluster {
-        name: name.into(),
-        endpoints: endpoints
-            .iter()
-            .map(|a| Endpoint {
-                address: a.to_string(),
-                weight: 1,
-            })
-            .collect(),
-        connect_timeout_ms: 500,
-        ..Default::default()
-    }
-}
-
-fn route(name: &str, prefix: &str, cluster: &str) -> Route {
-    Route {
-        name: name.into(),
-        path_prefix: prefix.into(),
-        cluster: cluster.into(),
-        ..Default::default()
-    }
 }
 
 fn snapshot(cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<Route>) -> Snapshot {

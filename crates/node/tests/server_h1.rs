@@ -9,450 +9,27 @@
 //! read as a request.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use control_api::pb::{ListenerSettings, Redirect};
-use control_api::{Certificate, Cluster, Endpoint, LbPolicy, Route, Snapshot};
+use control_api::{Certificate, Snapshot};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use node::{Node, NodeConfig, ProxyProtocolMode};
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Bound on every read and wait in these tests.
-const WAIT: Duration = Duration::from_secs(5);
+mod support;
+use support::*;
 
-// ------------------------------------------------------------ wire helpers
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Values of header `name` (case-insensitive) in a message head, in order.
-fn values(head: &str, name: &str) -> Vec<String> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
-/// The single value of header `name`; panics (with the head) when it is
-/// missing or repeated.
-fn one(head: &str, name: &str) -> String {
-    let v = values(head, name);
-    assert_eq!(v.len(), 1, "exactly one {name} expected in:\n{head}");
-    v[0].clone()
-}
-
-/// A complete chunked body at the front of `buf`: bytes consumed, the
-/// payload, the trailer lines. `Ok(None)`: incomplete. Strict: hex sizes,
-/// CRLF after every chunk's data.
-type Dechunked = (usize, Vec<u8>, Vec<String>);
-
-fn dechunk(buf: &[u8]) -> Result<Option<Dechunked>, String> {
-    let mut pos = 0;
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = find(&buf[pos..], b"\r\n") else {
-            return Ok(None);
-        };
-        let line = &buf[pos..pos + eol];
-        let size = line.split(|b| *b == b';').next().unwrap_or_default();
-        if size.is_empty() || !size.iter().all(u8::is_ascii_hexdigit) {
-            return Err(format!(
-                "bad chunk size line {:?}",
-                String::from_utf8_lossy(line)
-            ));
-        }
-        let size = usize::from_str_radix(std::str::from_utf8(size).unwrap_or("x"), 16)
-            .map_err(|e| format!("chunk size: {e}"))?;
-        pos += eol + 2;
-        if size == 0 {
-            let mut trailers = Vec::new();
-            loop {
-                let Some(eol) = find(&buf[pos..], b"\r\n") else {
-                    return Ok(None);
-                };
-                let l = &buf[pos..pos + eol];
-                pos += eol + 2;
-                if l.is_empty() {
-                    return Ok(Some((pos, out, trailers)));
-                }
-                trailers.push(String::from_utf8_lossy(l).into_owned());
-            }
-        }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&buf[pos..pos + size]);
-        pos += size;
-        if &buf[pos..pos + 2] != b"\r\n" {
-            return Err("chunk data not followed by CRLF".into());
-        }
-        pos += 2;
-    }
-}
-
-/// Reads more bytes into `buf` (bounded by [`WAIT`]); `Ok(0)` at EOF.
-async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<usize, String> {
-    let mut tmp = [0u8; 16 * 1024];
-    match tokio::time::timeout(WAIT, s.read(&mut tmp)).await {
-        Err(_) => Err("read timed out".into()),
-        Ok(Err(e)) => Err(format!("read: {e}")),
-        Ok(Ok(n)) => {
-            buf.extend_from_slice(&tmp[..n]);
-            Ok(n)
-        }
-    }
-}
-
-/// Takes a message head (through the blank line) off the front of `buf`.
-/// `Ok(None)`: the peer closed before sending a byte of it.
-async fn read_head<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<Option<String>, String> {
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head: Vec<u8> = buf.drain(..end + 4).collect();
-            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
-        }
-        if buf.len() > 1 << 20 {
-            return Err("head over 1 MiB".into());
-        }
-        if fill(s, buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(format!(
-                    "closed inside a head: {:?}",
-                    String::from_utf8_lossy(buf)
-                ))
-            };
-        }
-    }
-}
-
-/// How a message head says its body is framed.
-#[derive(Debug, PartialEq)]
-enum BodyKind {
-    Length(usize),
-    Chunked,
-    /// Until EOF (responses only).
-    Close,
-    None,
-}
-
-fn body_kind(head: &str, response: bool) -> Result<BodyKind, String> {
-    let te = values(head, "transfer-encoding");
-    if te
-        .iter()
-        .any(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
-        return Ok(BodyKind::Chunked);
-    }
-    match values(head, "content-length").as_slice() {
-        [] if response => Ok(BodyKind::Close),
-        [] => Ok(BodyKind::None),
-        [v] => v
-            .parse()
-            .map(BodyKind::Length)
-            .map_err(|e| format!("content-length {v:?}: {e}")),
-        many => Err(format!("several content-lengths: {many:?}")),
-    }
-}
-
-/// Reads a body framed as `kind`: (bytes as on the wire, payload).
-async fn read_body<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-    kind: BodyKind,
-) -> Result<(Vec<u8>, Vec<u8>), String> {
-    match kind {
-        BodyKind::None => Ok((Vec::new(), Vec::new())),
-        BodyKind::Length(n) => {
-            while buf.len() < n {
-                if fill(s, buf).await? == 0 {
-                    return Err(format!("closed after {} of {n} body bytes", buf.len()));
-                }
-            }
-            let raw: Vec<u8> = buf.drain(..n).collect();
-            Ok((raw.clone(), raw))
-        }
-        BodyKind::Chunked => loop {
-            if let Some((used, payload, _)) = dechunk(buf)? {
-                let raw: Vec<u8> = buf.drain(..used).collect();
-                return Ok((raw, payload));
-            }
-            if fill(s, buf).await? == 0 {
-                return Err("closed inside a chunked body".into());
-            }
-        },
-        BodyKind::Close => {
-            while fill(s, buf).await? > 0 {}
-            let raw = std::mem::take(buf);
-            Ok((raw.clone(), raw))
-        }
-    }
-}
-
-/// Reads until the peer closes (EOF or reset) and returns what came, or
-/// fails when the connection is still open after [`WAIT`].
-async fn until_closed<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(), String> {
-    let mut tmp = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout(WAIT, s.read(&mut tmp)).await {
-            Err(_) => {
-                return Err(format!(
-                    "still open after {WAIT:?}; got {:?}",
-                    String::from_utf8_lossy(buf)
-                ));
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
-            Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-}
-
-// ------------------------------------------------------------ scripted apps
-
-/// A request as an app received it.
-#[derive(Clone, Debug)]
-struct Seen {
-    /// The head, byte for byte (through the blank line).
-    head: String,
-    /// The body bytes as they came (chunk framing included).
-    raw_body: Vec<u8>,
-}
-
-impl Seen {
-    fn request_line(&self) -> &str {
-        self.head.split("\r\n").next().unwrap_or_default()
-    }
-
-    fn path(&self) -> &str {
-        self.request_line().split(' ').nth(1).unwrap_or_default()
-    }
-
-    /// The body payload (dechunked when the head says chunked).
-    fn payload(&self) -> Vec<u8> {
-        match body_kind(&self.head, false) {
-            Ok(BodyKind::Chunked) => match dechunk(&self.raw_body) {
-                Ok(Some((_, p, _))) => p,
-                other => panic!("app got a bad chunked body: {other:?}"),
-            },
-            _ => self.raw_body.clone(),
-        }
-    }
-}
-
-/// What happens after a reply was written.
-enum After {
-    Keep,
-    Close,
-}
-
-/// What an app does with a request.
-enum Act {
-    /// Writes the parts (20 ms apart), then `After`.
-    Reply(Vec<Vec<u8>>, After),
-    /// Waits for the gate, then writes the reply.
-    Gated(Arc<tokio::sync::Notify>, Vec<u8>),
-}
-
-/// `(request index on its connection, request)`.
-type Script = Arc<dyn Fn(usize, &Seen) -> Act + Send + Sync>;
-
-fn reply(bytes: impl Into<Vec<u8>>) -> Act {
-    Act::Reply(vec![bytes.into()], After::Keep)
-}
-
-/// A 200 with a Content-Length body.
-fn ok(body: &str) -> Act {
-    reply(format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
-/// Answers `path=<path>` (Content-Length; to HEAD, the head alone).
-fn echo_path() -> Script {
-    Arc::new(|_, seen| echo(seen))
-}
-
-fn echo(seen: &Seen) -> Act {
-    let body = format!("path={}", seen.path());
-    if seen.request_line().starts_with("HEAD ") {
-        reply(format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        ))
-    } else {
-        ok(&body)
-    }
-}
-
-struct App {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Requests the app could not read whole (a body cut short, say).
-    errors: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        // Aborting the accept loop drops its JoinSet: every connection task
-        // ends with it.
-        self.task.abort();
-    }
-}
-
-impl App {
-    async fn start(script: Script) -> App {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let addr = l.local_addr().expect("app addr");
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (acc, log, errs) = (accepts.clone(), seen.clone(), errors.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((s, _)) = l.accept().await {
-                acc.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(serve_conn(s, script.clone(), log.clone(), errs.clone()));
-            }
-        });
-        App {
-            addr,
-            accepts,
-            seen,
-            errors,
-            task,
-        }
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-
-    /// What the app received; panics if any request was cut short.
-    fn seen(&self) -> Vec<Seen> {
-        let errors = self.errors();
-        assert!(errors.is_empty(), "the app got bad requests: {errors:?}");
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn errors(&self) -> Vec<String> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn paths(&self) -> Vec<String> {
-        self.seen().iter().map(|s| s.path().to_string()).collect()
-    }
-}
-
-async fn serve_conn(
-    mut s: TcpStream,
-    script: Script,
-    log: Arc<Mutex<Vec<Seen>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-) {
-    let fail = |e: String| errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-    let mut buf = Vec::new();
-    for nth in 0.. {
-        let head = match read_head(&mut s, &mut buf).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => return fail(e),
-        };
-        let kind = match body_kind(&head, false) {
-            Ok(k) => k,
-            Err(e) => return fail(format!("{head}: {e}")),
-        };
-        let raw_body = match read_body(&mut s, &mut buf, kind).await {
-            Ok((raw, _)) => raw,
-            Err(e) => return fail(format!("{}: {e}", head.lines().next().unwrap_or(""))),
-        };
-        let seen = Seen { head, raw_body };
-        let act = script(nth, &seen);
-        log.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
-        match act {
-            Act::Gated(gate, rest) => {
-                gate.notified().await;
-                if s.write_all(&rest).await.is_err() {
-                    return;
-                }
-            }
-            Act::Reply(parts, after) => {
-                for (i, p) in parts.iter().enumerate() {
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if s.write_all(p).await.is_err() {
-                        return;
-                    }
-                }
-                if let After::Close = after {
-                    return;
-                }
-            }
-        }
-    }
-}
+// Wire helpers, scripted apps and the raw client: `support/mod.rs`.
 
 // ------------------------------------------------------------ node, clients
-
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn test_cert() -> TestCert {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    TestCert {
-        cert_pem: ck.cert.pem(),
-        key_pem: ck.signing_key.serialize_pem(),
-        der: ck.cert.der().clone(),
-    }
-}
-
-fn cluster(name: &str, app: SocketAddr) -> Cluster {
-    Cluster {
-        name: name.into(),
-        endpoints: vec![Endpoint {
-            address: app.to_string(),
-            weight: 1,
-        }],
-        lb_policy: LbPolicy::RoundRobin as i32,
-        connect_timeout_ms: 500,
-        response_timeout_ms: 4000,
-        ..Default::default()
-    }
-}
-
-fn route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route {
-    Route {
-        name: name.into(),
-        host: host.into(),
-        path_prefix: prefix.into(),
-        cluster: cluster.into(),
-        ..Default::default()
-    }
-}
 
 /// Routes of every test node:
 /// - host `app.test`: `/` to the app; `/small` to the app with a 100-byte
@@ -460,21 +37,21 @@ fn route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route {
 /// - any host: `/any` to the app (HTTP/1.0 clients without Host);
 /// - anything else (`nowhere.test`, say) has no route: 404.
 fn snapshot(app: SocketAddr, listener: Option<ListenerSettings>) -> Snapshot {
-    let mut small = cluster("small", app);
+    let mut small = cluster("small", &[app]);
     small.max_request_body_bytes = 100;
-    let mut old = route("old", "app.test", "/old", "");
+    let mut old = host_route("old", "app.test", "/old", "");
     old.redirect = Some(Redirect {
         scheme: "https".into(),
         ..Default::default()
     });
     Snapshot {
         version: 1,
-        clusters: vec![cluster("app", app), small],
+        clusters: vec![cluster("app", &[app]), small],
         routes: vec![
-            route("app", "app.test", "/", "app"),
-            route("small", "app.test", "/small", "small"),
+            host_route("app", "app.test", "/", "app"),
+            host_route("small", "app.test", "/small", "small"),
             old,
-            route("any", "", "/any", "app"),
+            host_route("any", "", "/any", "app"),
         ],
         listener,
         ..Default::default()
@@ -551,47 +128,6 @@ async fn tls_connect(addr: SocketAddr, cert: &TestCert) -> Tls {
         .expect("tls handshake")
 }
 
-/// A response as the client read it.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    head: String,
-    /// The body as on the wire (chunk framing included).
-    raw: Vec<u8>,
-    /// The payload.
-    body: Vec<u8>,
-    /// 1xx heads before it.
-    interim: Vec<u16>,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn status_of(head: &str) -> Result<u16, String> {
-    head.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))
-}
-
-/// A raw client connection to the node.
-struct Client<S> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-impl Client<TcpStream> {
-    async fn connect(addr: SocketAddr) -> Self {
-        Client {
-            s: TcpStream::connect(addr).await.expect("connect to node"),
-            buf: Vec::new(),
-        }
-    }
-}
-
 impl Client<Tls> {
     async fn tls(addr: SocketAddr, cert: &TestCert) -> Self {
         Client {
@@ -599,80 +135,6 @@ impl Client<Tls> {
             buf: Vec::new(),
         }
     }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    async fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.expect("write request");
-        self.s.flush().await.expect("flush");
-    }
-
-    /// The next final response (1xx heads are collected on the way);
-    /// `head_request`: it answers a HEAD (no body whatever it says).
-    async fn response_to(&mut self, head_request: bool) -> Result<Resp, String> {
-        let mut interim = Vec::new();
-        loop {
-            let head = read_head(&mut self.s, &mut self.buf)
-                .await?
-                .ok_or("closed before a response")?;
-            let status = status_of(&head)?;
-            if (100..200).contains(&status) && status != 101 {
-                interim.push(status);
-                continue;
-            }
-            let kind = if head_request || status == 204 || status == 304 {
-                BodyKind::None
-            } else {
-                body_kind(&head, true)?
-            };
-            let (raw, body) = read_body(&mut self.s, &mut self.buf, kind).await?;
-            return Ok(Resp {
-                status,
-                head,
-                raw,
-                body,
-                interim,
-            });
-        }
-    }
-
-    async fn response(&mut self) -> Result<Resp, String> {
-        self.response_to(false).await
-    }
-
-    async fn request(&mut self, bytes: &[u8]) -> Resp {
-        self.send(bytes).await;
-        self.response().await.expect("response")
-    }
-
-    async fn get(&mut self, path: &str) -> Resp {
-        self.request(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
-            .await
-    }
-
-    /// The node closes the connection with nothing more sent.
-    async fn closed_quietly(&mut self) {
-        until_closed(&mut self.s, &mut self.buf)
-            .await
-            .expect("the node closes the connection");
-        assert!(
-            self.buf.is_empty(),
-            "bytes after the last answer: {:?}",
-            String::from_utf8_lossy(&self.buf)
-        );
-    }
-}
-
-/// Polls `f` every 20 ms until it holds or [`WAIT`] passes.
-async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
 }
 
 // ------------------------------------------------------------ pipelining
@@ -722,7 +184,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelining_and_framing_over_tls() {
     let cert = test_cert();
-    let app = App::start(Arc::new(|_, seen| match seen.path() {
+    let app = App::start(Arc::new(|_, _, seen| match seen.path() {
         "/chunked" => Act::Reply(
             vec![
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
@@ -758,7 +220,7 @@ async fn pipelining_and_framing_over_tls() {
 
 #[tokio::test]
 async fn http10_clients_get_close_or_keep_alive_as_they_ask() {
-    let app = App::start(Arc::new(|_, seen| {
+    let app = App::start(Arc::new(|_, _, seen| {
         if seen.path().ends_with("/chunked") {
             Act::Reply(
                 vec![
@@ -1112,7 +574,7 @@ async fn content_length_with_chunked_is_framed_by_chunked_and_closed_after() {
 
 #[tokio::test]
 async fn response_framing_follows_the_app_and_the_method() {
-    let app = App::start(Arc::new(|_, seen| match seen.path() {
+    let app = App::start(Arc::new(|_, _, seen| match seen.path() {
         "/chunked" => Act::Reply(
             vec![
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n".to_vec(),
@@ -1175,7 +637,7 @@ async fn response_framing_follows_the_app_and_the_method() {
 
 #[tokio::test]
 async fn an_app_dying_mid_body_never_looks_complete_to_the_client() {
-    let app = App::start(Arc::new(|_, seen| match seen.path() {
+    let app = App::start(Arc::new(|_, _, seen| match seen.path() {
         "/chunked" => Act::Reply(
             vec![
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
@@ -1536,9 +998,10 @@ async fn a_client_that_reads_nothing_is_dropped_and_the_app_released() {
 async fn drain_closes_idle_connections_and_finishes_requests_in_flight() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
-    let app = App::start(Arc::new(move |_, seen| {
+    let app = App::start(Arc::new(move |_, _, seen| {
         if seen.path() == "/held" {
             Act::Gated(
+                Vec::new(),
                 g.clone(),
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndone\n".to_vec(),
             )

@@ -1,0 +1,95 @@
+//! Generators shared by the property tests of both sides of the codec
+//! (`prop.rs`: responses, `prop_request.rs`: requests).
+#![allow(dead_code)]
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+
+pub const TCHAR: &[u8] =
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+/// A `token` (RFC 9110 §5.6.2).
+pub fn token(max: usize) -> impl Strategy<Value = String> {
+    vec(select(TCHAR), 1..=max).prop_map(|b| String::from_utf8(b).expect("tchars are ASCII"))
+}
+
+/// A field value: visible ASCII with inner spaces and tabs, no leading or
+/// trailing whitespace (those are OWS, not part of the value). May be empty.
+pub fn field_value() -> impl Strategy<Value = String> {
+    let ch = prop_oneof![
+        8 => (0x21u8..=0x7e).prop_map(char::from),
+        1 => Just(' '),
+        1 => Just('\t'),
+    ];
+    vec(ch, 0..40).prop_map(|cs| {
+        let s: String = cs.into_iter().collect();
+        s.trim_matches([' ', '\t']).to_string()
+    })
+}
+
+pub fn cased(name: &'static str) -> impl Strategy<Value = String> {
+    select(vec![0u8, 1, 2]).prop_map(move |c| match c {
+        0 => name.to_string(),
+        1 => name.to_ascii_uppercase(),
+        _ => name
+            .split('-')
+            .map(|p| {
+                let mut s = p.to_string();
+                if let Some(f) = s.get_mut(0..1) {
+                    f.make_ascii_uppercase();
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join("-"),
+    })
+}
+
+pub fn ows() -> impl Strategy<Value = &'static str> {
+    select(vec!["", "", " ", "\t", "  ", " \t"])
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// As written on the wire (any case).
+    pub name: String,
+    /// The value without OWS.
+    pub value: String,
+    /// OWS before and after the value.
+    pub lead: &'static str,
+    pub trail: &'static str,
+}
+
+pub fn line(
+    name: impl Strategy<Value = String>,
+    value: impl Strategy<Value = String>,
+) -> impl Strategy<Value = Line> {
+    (name, value, ows(), ows()).prop_map(|(name, value, lead, trail)| Line {
+        name,
+        value,
+        lead,
+        trail,
+    })
+}
+
+/// `Connection` values: the tokens `close` and `keep-alive` in any case and
+/// list position, and near misses that are neither.
+pub fn connection_value() -> impl Strategy<Value = String> {
+    select(vec![
+        "close",
+        "Close",
+        "keep-alive",
+        "Keep-Alive",
+        "upgrade",
+        "keep-alive, close",
+        "close, keep-alive",
+        "Upgrade, Close",
+        "te",
+        "x-close",
+        "keep-alivex",
+        "closed",
+        ",close,",
+    ])
+    .prop_map(str::to_string)
+}
