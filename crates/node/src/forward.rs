@@ -11,6 +11,7 @@
 //! id) and is reused only by that client connection's requests.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,13 +26,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::Node;
 use crate::cluster::{Cluster, InFlight};
 use crate::h1_client::{self, ExchangeError, H1Body};
 use crate::h1_server::ReqBodyError;
-use crate::limits::CappedBody;
+use crate::limits::{BodyWatch, CappedBody};
 use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
 use crate::upstream::{BoundPool, BoxError, ConnectError, Opener, PoolRef, UpBody};
@@ -514,7 +513,7 @@ enum SendError {
 /// A request body error that is the client's doing (an HTTP/1.1 client's
 /// body that stalled, was cut short or was badly chunked), anywhere in an
 /// error's chain: the status to answer with.
-fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+pub(crate) fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(b) = err.downcast_ref::<ReqBodyError>() {
@@ -529,26 +528,57 @@ fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode
 }
 
 /// Serves one request.
-pub(crate) async fn handle<B>(
-    ctx: Arc<ConnCtx>,
-    req: Request<B>,
-) -> Result<Response<ProxyBody>, Infallible>
+/// A request's answer: given at once (no route, a redirect, a refusal), or
+/// the future of its forwarding to a cluster. Only a forwarded request
+/// allocates its future, and that future holds what the attempts need (the
+/// routing, the access log and the header preparation ran before it, on
+/// the stack): about 2 KiB where one `async fn` for all of it kept 3.7 KiB,
+/// copied into its box on every request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the answer is moved once; boxing it would allocate for every local answer"
+)]
+pub(crate) enum Handled {
+    Ready(Option<Response<ProxyBody>>),
+    Forward(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+impl Future for Handled {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Handled::Ready(resp) => match resp.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                None => Poll::Pending, // polled after its answer: never again ready
+            },
+            Handled::Forward(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// Routes a request and starts its answer.
+pub(crate) fn handle<B>(ctx: Arc<ConnCtx>, req: Request<B>) -> Handled
 where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    // The request's future is about 4 KiB: callers box it, so that it
-    // exists only while a request runs (not in every idle connection).
-    let mut resp = serve(&ctx, req).await;
-    // Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So
-    // is one whose body was refused part-way: the rest of it is not read.
+    match prepare(&ctx, req) {
+        Ok(p) => Handled::Forward(Box::pin(forward(ctx, p))),
+        Err(resp) => Handled::Ready(Some(conclude(&ctx, resp))),
+    }
+}
+
+/// Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So is
+/// one whose body was refused part-way: the rest of it is not read.
+fn conclude(ctx: &ConnCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     if &*ctx.alpn != "h2"
         && (ctx.node.is_shutting_down() || resp.status() == StatusCode::PAYLOAD_TOO_LARGE)
     {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp)
+    resp
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -558,7 +588,40 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-async fn serve<B>(ctx: &Arc<ConnCtx>, req: Request<B>) -> Response<ProxyBody>
+/// A request routed to a cluster, its upstream headers ready: what its
+/// attempts need.
+struct Prepared {
+    start: Instant,
+    log: AccessLog,
+    route: Arc<RouteEntry>,
+    cluster: Arc<Cluster>,
+    hash: u64,
+    method: Method,
+    pq: PathAndQuery,
+    headers: HeaderMap,
+    /// The node's own headers, for the encoder to write (HTTP/1.1 apps).
+    direct: Option<NodeHeaders>,
+    plan: BodyPlan,
+    /// A streamed body's progress: its end, and the client's fault if it
+    /// failed (over the limit, stalled, malformed).
+    watch: Option<Arc<BodyWatch>>,
+    body: Option<UpBody>,
+}
+
+impl Prepared {
+    /// The client's body failed: the status to answer with.
+    fn client_fault(&self) -> Option<StatusCode> {
+        self.watch.as_ref().and_then(|w| w.fault())
+    }
+}
+
+/// Everything up to the first attempt, none of it waits: routing, the
+/// refusals and redirects (answered here), the upstream headers.
+#[allow(
+    clippy::result_large_err,
+    reason = "the Ok side (the prepared request) is larger still; both are moved once"
+)]
+fn prepare<B>(ctx: &ConnCtx, req: Request<B>) -> Result<Prepared, Response<ProxyBody>>
 where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -600,7 +663,7 @@ where
             .route(&log.host, req.method(), req.uri().path(), req.headers())
             .cloned()
         else {
-            return local(ctx, log, start, StatusCode::NOT_FOUND, "no route\n");
+            return Err(local(ctx, log, start, StatusCode::NOT_FOUND, "no route\n"));
         };
         let cluster = rt.clusters.get(&route.cluster).cloned();
         log.series = rt.route_series.get(&route_key(&route)).cloned();
@@ -613,7 +676,13 @@ where
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
-        return local(ctx, log, start, StatusCode::BAD_REQUEST, "bad request\n");
+        return Err(local(
+            ctx,
+            log,
+            start,
+            StatusCode::BAD_REQUEST,
+            "bad request\n",
+        ));
     }
     if let Some(rd) = &route.redirect {
         let location = rd.location(
@@ -637,27 +706,27 @@ where
                 }
             }
         }
-        return resp;
+        return Err(resp);
     }
     log.to_cluster = true;
     let Some(cluster) = cluster.filter(|c| !c.endpoints.is_empty()) else {
-        return local(
+        return Err(local(
             ctx,
             log,
             start,
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream\n",
-        );
+        ));
     };
     let max_body = cluster.max_body.unwrap_or(listener_max_body);
     if req.body().size_hint().lower() > max_body {
-        return local(
+        return Err(local(
             ctx,
             log,
             start,
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large\n",
-        );
+        ));
     }
     let hash = if cluster.policy == crate::cluster::Policy::ConsistentHash {
         cluster.hash_key.hash(ctx.client.ip(), req.headers())
@@ -697,7 +766,6 @@ where
     }
     route.edit_request(&mut headers);
     let replayable = body.is_end_stream();
-    let idempotent = is_idempotent(&method);
     let plan = BodyPlan {
         framing: if replayable {
             // An empty body keeps its explicit zero length.
@@ -713,92 +781,157 @@ where
             }
         },
         replayable,
-        idempotent,
+        idempotent: is_idempotent(&method),
     };
-    // Set when the client's body crosses the limit (only a body can).
-    let exceeded = (!replayable).then(|| Arc::new(AtomicBool::new(false)));
-    let mut body = Some(match &exceeded {
+    let watch = (!replayable).then(|| Arc::new(BodyWatch::default()));
+    let body = Some(match &watch {
         None => empty_body(),
-        Some(flag) => CappedBody::new(body, max_body, flag.clone()).boxed(),
+        Some(w) => CappedBody::new(body, max_body, w.clone()).boxed(),
     });
-    let exceeded = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Acquire));
     cluster.count_request();
+    Ok(Prepared {
+        start,
+        log,
+        route,
+        cluster,
+        hash,
+        method,
+        pq,
+        headers,
+        direct,
+        plan,
+        watch,
+        body,
+    })
+}
 
-    // A copy of the headers is kept for another attempt only when one can
-    // follow after the request was sent (a retry on status, or h2 where the
-    // client connects inside the request); a connect failure of ours leaves
-    // them unused.
-    let status_retry = !cluster.retry.on_status.is_empty() || cluster.h2;
-    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-    let mut retries_left = cluster.retry.max_retries;
-    let mut last: Option<(usize, Result<Sent, SendError>)> = None;
-    while let Some(idx) = pick(ctx, &cluster, &tried, hash) {
-        tried.push(idx);
-        log.attempts += 1;
-        let attempt_body = body.take().unwrap_or_else(empty_body);
-        let keep_copy = replayable && retries_left > 0 && status_retry;
-        // The first attempt starts now, as far as a clock can tell (one
-        // read fewer per request).
-        let sent_at = if log.attempts == 1 {
-            start
-        } else {
-            Instant::now()
-        };
-        let outgoing = Outgoing {
-            method: &method,
-            pq: &pq,
-            plan,
-            direct: direct.as_ref(),
-        };
-        let send = send(
-            ctx,
-            &cluster,
-            idx,
-            &outgoing,
-            (&mut headers, keep_copy),
-            attempt_body,
-        );
-        let deadline = tokio::time::Instant::from_std(sent_at) + cluster.response_timeout;
-        let r = tokio::time::timeout_at(deadline, send)
-            .await
-            .unwrap_or(Err(SendError::Timeout));
-        let waited = sent_at.elapsed().as_secs_f64();
-        log.upstream_ms = Some(waited * 1000.0);
-        ctx.node.metrics.ttfb(&cluster.series).observe(waited);
-        let client_fault = exceeded();
-        // Passive health counts what the endpoint did: a refused connect,
-        // no answer in time, or a 5xx. (Other errors may be the client's.)
-        let failed = !client_fault
-            && match &r {
-                Ok((resp, _)) => resp.status().is_server_error(),
-                Err(SendError::Connect(_) | SendError::Timeout) => true,
-                Err(SendError::Client(..) | SendError::Other(_)) => false,
+/// The attempts (retries to other endpoints), then the response. Not an
+/// `async fn`: the block uses `p` where it was captured, where an
+/// `async fn` would keep a second copy of its argument.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its argument twice in the future (728 bytes more)"
+)]
+fn forward(
+    ctx: Arc<ConnCtx>,
+    mut p: Prepared,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    async move {
+        // A copy of the headers is kept for another attempt only when one
+        // can follow after the request was sent (a retry on status, or h2
+        // where the client connects inside the request); a connect failure
+        // of ours leaves them unused.
+        let status_retry = !p.cluster.retry.on_status.is_empty() || p.cluster.h2;
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut retries_left = p.cluster.retry.max_retries;
+        let mut last: Option<(usize, Result<Sent, SendError>)> = None;
+        while let Some(idx) = pick(&ctx, &p.cluster, &tried, p.hash) {
+            tried.push(idx);
+            p.log.attempts += 1;
+            let attempt_body = p.body.take().unwrap_or_else(empty_body);
+            let keep_copy = p.plan.replayable && retries_left > 0 && status_retry;
+            // The first attempt starts now, as far as a clock can tell (one
+            // read fewer per request).
+            let sent_at = if p.log.attempts == 1 {
+                p.start
+            } else {
+                Instant::now()
             };
-        if cluster.report(idx, failed) {
-            Metrics::cluster_counter(&ctx.node.metrics.ejections, &cluster.name);
-        }
-        let retry = retries_left > 0
-            && replayable
-            && match &r {
-                // No byte reached the endpoint.
-                Err(SendError::Connect(_)) => true,
-                Ok((resp, _)) => {
-                    idempotent
-                        && cluster.retry.on_status.contains(&resp.status().as_u16())
-                        && cluster.take_retry()
-                }
-                Err(_) => false,
+            let outgoing = Outgoing {
+                method: &p.method,
+                pq: &p.pq,
+                plan: p.plan,
+                direct: p.direct.as_ref(),
             };
-        if let Err(SendError::Connect(e)) = &r {
-            tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[idx].addr, error = %e, "upstream connect failed");
+            let send = send(
+                &ctx,
+                &p.cluster,
+                idx,
+                &outgoing,
+                (&mut p.headers, keep_copy),
+                attempt_body,
+            );
+            let timer = response_timer(sent_at, p.cluster.response_timeout, p.watch.as_deref());
+            let r = tokio::select! {
+                biased;
+                r = send => r,
+                () = timer => Err(SendError::Timeout),
+            };
+            let cluster = &p.cluster;
+            let waited = sent_at.elapsed().as_secs_f64();
+            p.log.upstream_ms = Some(waited * 1000.0);
+            ctx.node.metrics.ttfb(&cluster.series).observe(waited);
+            let client_fault = p.client_fault().is_some();
+            // Passive health counts what the endpoint did: a refused
+            // connect, no answer in time, or a 5xx. (Other errors may be
+            // the client's.)
+            let failed = !client_fault
+                && match &r {
+                    Ok((resp, _)) => resp.status().is_server_error(),
+                    Err(SendError::Connect(_) | SendError::Timeout) => true,
+                    Err(SendError::Client(..) | SendError::Other(_)) => false,
+                };
+            if cluster.report(idx, failed) {
+                Metrics::cluster_counter(&ctx.node.metrics.ejections, &cluster.name);
+            }
+            let retry = retries_left > 0
+                && p.plan.replayable
+                && match &r {
+                    // No byte reached the endpoint.
+                    Err(SendError::Connect(_)) => true,
+                    Ok((resp, _)) => {
+                        p.plan.idempotent
+                            && cluster.retry.on_status.contains(&resp.status().as_u16())
+                            && cluster.take_retry()
+                    }
+                    Err(_) => false,
+                };
+            if let Err(SendError::Connect(e)) = &r {
+                tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[idx].addr, error = %e, "upstream connect failed");
+            }
+            last = Some((idx, r));
+            if !retry {
+                break;
+            }
+            retries_left -= 1;
+            Metrics::cluster_counter(&ctx.node.metrics.retries, &cluster.name);
         }
-        last = Some((idx, r));
-        if !retry {
-            break;
-        }
-        retries_left -= 1;
-        Metrics::cluster_counter(&ctx.node.metrics.retries, &cluster.name);
+        conclude(&ctx, respond(&ctx, p, last))
     }
+}
+
+/// Ends when the app had its response timeout to answer: counted from
+/// `from` or, for a streamed request body, from the end of the body (a slow
+/// client's upload is not the app's time, as Envoy starts its route timeout
+/// at the end of the request; a client that stalls is cut by the listener's
+/// idle timeout).
+async fn response_timer(from: Instant, timeout: std::time::Duration, body: Option<&BodyWatch>) {
+    let mut at = tokio::time::Instant::from_std(from) + timeout;
+    loop {
+        tokio::time::sleep_until(at).await;
+        let Some(b) = body else { return };
+        let due = tokio::time::Instant::from_std(b.ended().await) + timeout;
+        if due <= tokio::time::Instant::now() {
+            return;
+        }
+        at = due;
+    }
+}
+
+/// The response to the client from the last attempt's outcome.
+fn respond(
+    ctx: &ConnCtx,
+    p: Prepared,
+    last: Option<(usize, Result<Sent, SendError>)>,
+) -> Response<ProxyBody> {
+    let client_fault = p.client_fault();
+    let Prepared {
+        start,
+        mut log,
+        route,
+        cluster,
+        ..
+    } = p;
     let Some((used, attempt)) = last else {
         return local(
             ctx,
@@ -833,12 +966,16 @@ where
             };
             Response::from_parts(parts, body)
         }
-        Err(_) if exceeded() => local(
+        Err(_) if let Some(status) = client_fault => local(
             ctx,
             log,
             start,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large\n",
+            status,
+            match status {
+                StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+                StatusCode::REQUEST_TIMEOUT => "request body timeout\n",
+                _ => "bad request body\n",
+            },
         ),
         Err(SendError::Connect(e)) => {
             tracing::warn!(cluster = %cluster.name, endpoint = %ep, error = %e, "upstream connect failed");

@@ -375,14 +375,13 @@ impl<IO: ClientIo> Conn<IO> {
         *req.headers_mut() = headers;
 
         // The handler runs here, in this task; the body is read as it asks.
-        let mut handler = Box::pin(forward::handle(ctx.clone(), req));
+        let mut handler = forward::handle(ctx.clone(), req);
         let resp = std::future::poll_fn(|cx| {
             self.poll_pump(cx);
             if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
                 return Poll::Ready(Err(ConnError::Io(e)));
             }
-            handler
-                .as_mut()
+            Pin::new(&mut handler)
                 .poll(cx)
                 .map(|r| Ok(r.unwrap_or_else(|n| match n {})))
         })
@@ -505,6 +504,13 @@ impl<IO: ClientIo> Conn<IO> {
         } = self;
         let Some(p) = pump else { return };
         let mut c = lock(&p.chan);
+        // The body may be polled by another task (hyper's h2 client sends
+        // it from its own): it must be able to wake this one whenever it
+        // asks for the next piece.
+        match &c.conn_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => c.conn_waker = Some(cx.waker().clone()),
+        }
         if c.body_gone {
             // The handler dropped the body before its end.
             drop(c);
@@ -513,10 +519,6 @@ impl<IO: ClientIo> Conn<IO> {
             return;
         }
         if !c.want || c.item.is_some() {
-            match &c.conn_waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => c.conn_waker = Some(cx.waker().clone()),
-            }
             return;
         }
         if p.expect_continue {

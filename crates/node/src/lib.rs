@@ -47,9 +47,12 @@
 //! ## Upstream timeouts
 //!
 //! Per cluster: `connect_timeout_ms` (a failed connect is retried on another
-//! endpoint), `response_timeout_ms` (request sent to response head: 504; for
-//! HTTP/1.1 apps also the longest silence inside a response body, past which
-//! the client's response is cut), `idle_timeout_ms` (pooled connections).
+//! endpoint), `response_timeout_ms` (request sent, or its streamed body
+//! ended, to response head: 504; for HTTP/1.1 apps also the longest silence
+//! inside a response body, past which the client's response is cut),
+//! `idle_timeout_ms` (pooled connections). A client body that fails is the
+//! client's: 413 over the limit, 408 stalled, 400 malformed, with the app
+//! not counted as failed, for HTTP/1.1 and h2 apps alike.
 //! Responses from HTTP/1.1 apps are checked on the way (RFC 9112): a bad
 //! status line, conflicting lengths, a head over 64 KiB, a transfer coding
 //! other than `chunked` or an unasked 101 give 502.

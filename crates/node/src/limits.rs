@@ -14,7 +14,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -105,21 +106,68 @@ pub(crate) struct Http {
     pub h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
-/// A request body that fails once more than `limit` bytes went through,
-/// and says so in `exceeded` (the forwarder then answers 413).
+/// A request body that fails once more than `limit` bytes went through.
+/// A failure that is the client's doing is noted in `fault` as the status
+/// to answer with (413 over the limit; 408 or 400 when the client's own
+/// body failed, see [`crate::forward::client_body_fault`]): the error
+/// itself may not reach the forwarder (hyper's h2 client only resets the
+/// stream).
 pub(crate) struct CappedBody<B> {
     inner: B,
     left: u64,
-    exceeded: Arc<AtomicBool>,
+    watch: Arc<BodyWatch>,
+}
+
+/// What the forwarder learns of a streamed request body as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct BodyWatch {
+    /// The status to answer with for the client's fault; 0: none.
+    fault: AtomicU16,
+    /// When the body ended (whole, failed, or dropped).
+    ended_at: OnceLock<std::time::Instant>,
+    end: tokio::sync::Notify,
+}
+
+impl BodyWatch {
+    /// The client's fault, if its body failed by its doing.
+    pub(crate) fn fault(&self) -> Option<http::StatusCode> {
+        match self.fault.load(Ordering::Acquire) {
+            0 => None,
+            s => http::StatusCode::from_u16(s).ok(),
+        }
+    }
+
+    fn end(&self) {
+        if self.ended_at.set(std::time::Instant::now()).is_ok() {
+            self.end.notify_waiters();
+        }
+    }
+
+    /// When the body ended, once it has.
+    pub(crate) async fn ended(&self) -> std::time::Instant {
+        loop {
+            let notified = self.end.notified();
+            if let Some(at) = self.ended_at.get() {
+                return *at;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl<B> CappedBody<B> {
-    pub(crate) fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: B, limit: u64, watch: Arc<BodyWatch>) -> Self {
         CappedBody {
             inner,
             left: limit,
-            exceeded,
+            watch,
         }
+    }
+}
+
+impl<B> Drop for CappedBody<B> {
+    fn drop(&mut self) {
+        self.watch.end();
     }
 }
 
@@ -146,15 +194,29 @@ where
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
                     if n > this.left {
-                        this.exceeded.store(true, Ordering::Release);
+                        this.watch.fault.store(413, Ordering::Release);
+                        this.watch.end();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.left -= n;
                 }
+                if this.inner.is_end_stream() {
+                    this.watch.end();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                let e: Self::Error = e.into();
+                if let Some(status) = crate::forward::client_body_fault(&*e) {
+                    this.watch.fault.store(status.as_u16(), Ordering::Release);
+                }
+                this.watch.end();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.watch.end();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

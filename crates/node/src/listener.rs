@@ -349,9 +349,10 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ctx.client;
-    // Boxed: hyper keeps a slot of the service future's size per stream.
+    // The service future is small (a forwarded request's is boxed):
+    // hyper keeps a slot of its size per stream.
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        Box::pin(forward::handle(ctx.clone(), req))
+        forward::handle(ctx.clone(), req)
     });
     let mut conn = Box::pin(http.h2.serve_connection(TokioIo::new(io), svc));
     let r = tokio::select! {
