@@ -18,14 +18,13 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use node::{Node, NodeConfig, ProxyProtocolMode};
+use node::Node;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{TestCert, cluster, route, test_cert};
+use support::{Running, TestCert, cluster, loopback, route, run_node, test_cert};
 
 /// What an app does with a request.
 type Handler = Arc<dyn Fn(&Request<()>, usize) -> Response<Full<Bytes>> + Send + Sync>;
@@ -104,29 +103,14 @@ fn snapshot(cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<Route>) -> Snap
     }
 }
 
-struct Running {
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(snap: &Snapshot) -> Running {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let mut cfg = NodeConfig::new("node-depth", addr);
-    cfg.proxy_protocol = ProxyProtocolMode::Off;
-    cfg.drain_timeout = Duration::from_secs(5);
-    let node = Node::new(cfg);
-    node.apply(snap).expect("apply");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(node.clone().serve(l, shutdown.clone()));
-    Running {
-        node,
-        addr,
-        shutdown,
-        task,
-    }
+    run_node(
+        loopback().await,
+        "node-depth",
+        Duration::from_secs(5),
+        snap,
+        true,
+    )
 }
 
 fn client_config(
@@ -1176,7 +1160,7 @@ async fn requests_in_flight_finish_during_drain() {
             });
         }
     });
-    let n = start(&snapshot(
+    let mut n = start(&snapshot(
         &cert,
         vec![cluster("slow", &[slow])],
         vec![route("all", "/", "slow")],
@@ -1198,13 +1182,13 @@ async fn requests_in_flight_finish_during_drain() {
         r.headers.get("connection").map(|v| v.as_bytes()),
         Some(&b"close"[..])
     );
-    tokio::time::timeout(Duration::from_secs(5), n.task)
+    tokio::time::timeout(Duration::from_secs(5), &mut n.task)
         .await
         .expect("serve returned")
         .expect("join");
 
     // h2: GOAWAY, and the stream in flight still completes.
-    let n = start(&snapshot(
+    let mut n = start(&snapshot(
         &cert,
         vec![cluster("slow", &[slow])],
         vec![route("all", "/", "slow")],
@@ -1241,7 +1225,7 @@ async fn requests_in_flight_finish_during_drain() {
         .expect("h2 connection closed")
         .expect("join")
         .expect("clean h2 close");
-    tokio::time::timeout(Duration::from_secs(5), n.task)
+    tokio::time::timeout(Duration::from_secs(5), &mut n.task)
         .await
         .expect("serve returned")
         .expect("join");

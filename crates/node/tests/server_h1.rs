@@ -17,11 +17,9 @@ use control_api::pb::{ListenerSettings, Redirect};
 use control_api::{Certificate, Snapshot};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use node::{Node, NodeConfig, ProxyProtocolMode};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 /// Bound on every read and wait in these tests.
 mod support;
@@ -58,27 +56,8 @@ fn snapshot(app: SocketAddr, listener: Option<ListenerSettings>) -> Snapshot {
     }
 }
 
-struct Running {
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// A node on a loopback listener: plain HTTP, or TLS with `cert`.
 async fn start(mut snap: Snapshot, cert: Option<&TestCert>, drain: Duration) -> Running {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
-    let addr = l.local_addr().expect("node addr");
-    let mut cfg = NodeConfig::new("node-s1", addr);
-    cfg.proxy_protocol = ProxyProtocolMode::Off;
-    cfg.drain_timeout = drain;
-    let node = Node::new(cfg);
     if let Some(cert) = cert {
         snap.certificates = vec![Certificate {
             name: "localhost".into(),
@@ -89,19 +68,7 @@ async fn start(mut snap: Snapshot, cert: Option<&TestCert>, drain: Duration) -> 
             private_key_fingerprint: String::new(),
         }];
     }
-    node.apply(&snap).expect("apply");
-    let shutdown = CancellationToken::new();
-    let task = if cert.is_some() {
-        tokio::spawn(node.clone().serve(l, shutdown.clone()))
-    } else {
-        tokio::spawn(node.clone().serve_plain(l, shutdown.clone()))
-    };
-    Running {
-        node,
-        addr,
-        shutdown,
-        task,
-    }
+    run_node(loopback().await, "node-s1", drain, &snap, cert.is_some())
 }
 
 async fn plain_node(app: &App) -> Running {

@@ -27,10 +27,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use node::{Node, NodeConfig, ProxyProtocolMode};
+use node::Node;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 mod support;
 use support::*;
@@ -41,18 +40,6 @@ const IDLE_MS: u32 = 400;
 const PAUSE: Duration = Duration::from_millis(100);
 
 // ------------------------------------------------------------ node
-
-struct Running {
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 fn listener_settings() -> ListenerSettings {
     ListenerSettings {
@@ -72,19 +59,7 @@ async fn start(snap: Snapshot, sndbuf: Option<u32>) -> Running {
     sock.bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind node");
     let l = sock.listen(128).expect("listen");
-    let addr = l.local_addr().expect("node addr");
-    let mut cfg = NodeConfig::new("node-slow", addr);
-    cfg.proxy_protocol = ProxyProtocolMode::Off;
-    cfg.drain_timeout = Duration::from_secs(1);
-    let node = Node::new(cfg);
-    node.apply(&snap).expect("apply");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(node.clone().serve_plain(l, shutdown.clone()));
-    Running {
-        node,
-        addr,
-        shutdown,
-    }
+    run_node(l, "node-slow", Duration::from_secs(1), &snap, false)
 }
 
 fn snapshot(clusters: Vec<Cluster>, routes: Vec<Route>, listener: ListenerSettings) -> Snapshot {
@@ -159,8 +134,9 @@ async fn read_to(c: &mut Client<TcpStream>, upto: usize) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_slow_steady_reader_keeps_its_connection_across_idle_timeouts() {
+/// The big app, its node, and a small-window client that asked for the big
+/// answer and read its head (a 200): the body is next on the connection.
+async fn big_request() -> (App, Running, Client<TcpStream>, String) {
     let app = big_app().await;
     let n = big_node(&app).await;
     let mut c = small_window_client(n.addr, SOCK_BUF).await;
@@ -170,6 +146,12 @@ async fn a_slow_steady_reader_keeps_its_connection_across_idle_timeouts() {
         .expect("head")
         .expect("an answer");
     assert_eq!(status_of(&head), Ok(200), "{head}");
+    (app, n, c, head)
+}
+
+#[tokio::test]
+async fn a_slow_steady_reader_keeps_its_connection_across_idle_timeouts() {
+    let (app, _n, mut c, head) = big_request().await;
     assert_eq!(one(&head, "content-length"), BIG.to_string());
     // STEP bytes, a pause shorter than the idle timeout, again: the whole
     // read spans several idle timeouts, with the node blocked on writing
@@ -205,15 +187,7 @@ async fn a_slow_steady_reader_keeps_its_connection_across_idle_timeouts() {
 
 #[tokio::test]
 async fn a_reader_that_stops_reading_is_dropped_mid_answer() {
-    let app = big_app().await;
-    let n = big_node(&app).await;
-    let mut c = small_window_client(n.addr, SOCK_BUF).await;
-    c.send(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
-    let head = read_head(&mut c.s, &mut c.buf)
-        .await
-        .expect("head")
-        .expect("an answer");
-    assert_eq!(status_of(&head), Ok(200), "{head}");
+    let (app, _n, mut c, _head) = big_request().await;
     read_to(&mut c, STEP).await.expect("the start of the body");
     // Then nothing read for a good while (many idle timeouts): the node
     // must give up on the client by then. Reading again afterwards would
@@ -351,17 +325,22 @@ fn app_got_both(app: &App, sent: [Vec<u8>; 2]) {
     );
 }
 
+/// A node whose one cluster is `app`, with the given response timeout.
+async fn upload_node(app: &App, response_timeout_ms: u32) -> Running {
+    let mut c = cluster("app", &[app.addr]);
+    c.response_timeout_ms = response_timeout_ms;
+    start(
+        snapshot(vec![c], vec![route("all", "/", "app")], listener_settings()),
+        None,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn slow_steady_uploads_arrive_whole() {
     let app = len_app().await;
     // The uploads (about 1.5 s) end well within the app's response timeout.
-    let mut c = cluster("app", &[app.addr]);
-    c.response_timeout_ms = 10_000;
-    let n = start(
-        snapshot(vec![c], vec![route("all", "/", "app")], listener_settings()),
-        None,
-    )
-    .await;
+    let n = upload_node(&app, 10_000).await;
     let sent = slow_uploads(n.addr, "/up").await;
     app_got_both(&app, sent);
 }
@@ -374,13 +353,7 @@ async fn slow_steady_uploads_arrive_whole() {
 #[tokio::test]
 async fn a_slow_upload_longer_than_the_response_timeout_is_not_blamed_on_the_app() {
     let app = len_app().await;
-    let mut c = cluster("app", &[app.addr]);
-    c.response_timeout_ms = 800;
-    let n = start(
-        snapshot(vec![c], vec![route("all", "/", "app")], listener_settings()),
-        None,
-    )
-    .await;
+    let n = upload_node(&app, 800).await;
     let sent = slow_uploads(n.addr, "/long").await;
     app_got_both(&app, sent);
     let m = metrics(&n.node);

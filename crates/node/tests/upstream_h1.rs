@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use control_api::pb::HeaderValue as PbHeader;
 use control_api::{Cluster, Route, Snapshot};
-use node::{Node, NodeConfig, ProxyProtocolMode};
+use node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 /// Bound on every read and wait in these tests.
 mod support;
@@ -27,18 +26,6 @@ use support::*;
 
 // ------------------------------------------------------------ node, clients
 
-struct Running {
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 /// A node on a plain-HTTP loopback listener, routing everything to `app`
 /// (plus any `extra` routes to the same cluster).
 async fn start_node(app: SocketAddr, extra: Vec<Route>) -> Running {
@@ -47,28 +34,21 @@ async fn start_node(app: SocketAddr, extra: Vec<Route>) -> Running {
 
 /// [`start_node`] with the cluster (named "app") given.
 async fn start_node_with(app: Cluster, extra: Vec<Route>) -> Running {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
-    let addr = l.local_addr().expect("node addr");
-    let mut cfg = NodeConfig::new("node-h1", addr);
-    cfg.proxy_protocol = ProxyProtocolMode::Off;
-    cfg.drain_timeout = Duration::from_secs(1);
-    let node = Node::new(cfg);
     let mut routes = extra;
     routes.push(route("all", "/", "app"));
-    node.apply(&Snapshot {
+    let snap = Snapshot {
         version: 1,
         clusters: vec![app],
         routes,
         ..Default::default()
-    })
-    .expect("apply");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(node.clone().serve_plain(l, shutdown.clone()));
-    Running {
-        node,
-        addr,
-        shutdown,
-    }
+    };
+    run_node(
+        loopback().await,
+        "node-h1",
+        Duration::from_secs(1),
+        &snap,
+        false,
+    )
 }
 
 // ------------------------------------------------------------ tests

@@ -1,8 +1,9 @@
-//! Shared by the node's wire-level tests (`server_h1.rs`, `upstream_h1.rs`):
-//! raw HTTP/1.1 reading on the client side (heads, bodies by their framing,
-//! strict dechunking), scripted raw apps that record the exact bytes they
-//! receive, a raw client connection to the node, and the test certificate
-//! and config pieces (`depth.rs` uses those).
+//! Shared by the node's wire-level tests (`server_h1.rs`, `upstream_h1.rs`,
+//! `slow_peers.rs`, `depth.rs`): raw HTTP/1.1 reading on the client side
+//! (heads, bodies by their framing, strict dechunking), scripted raw apps
+//! that record the exact bytes they receive, a raw client connection to the
+//! node, the test certificate and config pieces, and a node on a loopback
+//! listener that stops when dropped (`run_node`).
 //!
 //! Each test crate uses part of it.
 #![allow(dead_code)]
@@ -616,4 +617,54 @@ pub fn host_route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route 
         cluster: cluster.into(),
         ..Default::default()
     }
+}
+
+// ------------------------------------------------------------ the node
+
+/// A node serving one loopback listener; dropping it stops the node.
+pub struct Running {
+    pub node: Arc<node::Node>,
+    pub addr: SocketAddr,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts a node named `id` (no PROXY protocol, drain timeout `drain`) with
+/// `snap` on `l`: TLS when `tls`, else plain HTTP.
+pub fn run_node(
+    l: TcpListener,
+    id: &str,
+    drain: Duration,
+    snap: &control_api::Snapshot,
+    tls: bool,
+) -> Running {
+    let addr = l.local_addr().expect("node addr");
+    let mut cfg = node::NodeConfig::new(id, addr);
+    cfg.proxy_protocol = node::ProxyProtocolMode::Off;
+    cfg.drain_timeout = drain;
+    let node = node::Node::new(cfg);
+    node.apply(snap).expect("apply");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = if tls {
+        tokio::spawn(node.clone().serve(l, shutdown.clone()))
+    } else {
+        tokio::spawn(node.clone().serve_plain(l, shutdown.clone()))
+    };
+    Running {
+        node,
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// A loopback listener on a free port.
+pub async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind node")
 }
