@@ -218,10 +218,12 @@ proptest! {
 
     #[test]
     // Maglev's disruption is not perfectly minimal: a few slots of surviving
-    // backends move too. Measured worst case of those extra moves with
-    // N <= 50: ~0.6% of M at M = 65537, but 2-5% at M = 5003 or 10007
-    // (an inherent property of the paper's algorithm, see its figure 12),
-    // so the 1% bound is checked at the default size.
+    // backends move too (an inherent property of the paper's algorithm,
+    // see its figure 12; 2-5% of M at M = 5003 or 10007, so the bound is
+    // checked at the default size). At M = 65537, over 2,800 random
+    // removals with N from 3 to 50, the worst case was 1.8% of M (and
+    // 1.6% with N = 3 in a CI run, kept in proptest-regressions), hence 3%;
+    // a table that rehashed everything would move (N-1)/N of the slots.
     fn prop_minimal_disruption(
         names in names(50),
         victim in any::<prop::sample::Index>(),
@@ -242,7 +244,7 @@ proptest! {
         // Every slot of the removed backend moves.
         prop_assert_eq!(changed.len() - extra, owned);
         prop_assert!(
-            extra as f64 <= 0.01 * f64::from(size),
+            extra as f64 <= 0.03 * f64::from(size),
             "extra {} of {} (N = {})", extra, size, bs.len()
         );
     }
