@@ -9,7 +9,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use h1_codec::{Chunk, ChunkedDecoder, Error, MAX_CHUNK_LINE, ResponseHead, parse_response};
+use h1_codec::{
+    Chunk, ChunkedDecoder, Error, MAX_CHUNK_LINE, ResponseHead, parse_response, parse_response_lines,
+};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_HEAD: usize = 2048;
@@ -32,7 +34,37 @@ fn summary(h: &ResponseHead) -> String {
     )
 }
 
+/// The line-keeping parse (what the node passes on) agrees with the
+/// header-map parse, and writing its lines on never panics.
+fn lines_agree(input: &[u8], head_request: bool) {
+    let mut a = BytesMut::from(input);
+    let mut b = BytesMut::from(input);
+    let mapped = parse_response(&mut a, head_request, MAX_HEAD);
+    let raw = parse_response_lines(&mut b, head_request, MAX_HEAD);
+    assert_eq!(a, b, "the two parses consumed differently");
+    match (mapped, raw) {
+        (Ok(None), Ok(None)) => {}
+        (Err(x), Err(y)) => assert_eq!(x, y),
+        (Ok(Some(m)), Ok(Some(r))) => {
+            assert_eq!((m.status, m.framing, m.keep_alive), (r.status, r.framing, r.keep_alive));
+            assert_eq!(m.for_forwarding().is_ok(), r.check_forwardable().is_ok());
+            let mut out = Vec::new();
+            h1_codec::encode_forwarded_response_head(
+                &mut out,
+                r.status,
+                &r.lines,
+                &http::HeaderMap::new(),
+                &[],
+                h1_codec::ResponseFraming::Chunked,
+            );
+            assert!(out.ends_with(b"\r\n\r\n"));
+        }
+        (x, y) => panic!("map parse {x:?}, line parse {y:?}"),
+    }
+}
+
 fn head_once(input: &[u8], head_request: bool) -> HeadOutcome {
+    lines_agree(input, head_request);
     let mut buf = BytesMut::from(input);
     match parse_response(&mut buf, head_request, MAX_HEAD) {
         Ok(None) => {

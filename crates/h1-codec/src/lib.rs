@@ -117,6 +117,152 @@ pub fn parse_response(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, Error> {
+    let Some(raw) = parse_response_lines(buf, head_request, max_head)? else {
+        return Ok(None);
+    };
+    Ok(Some(ResponseHead {
+        status: raw.status,
+        version: raw.version,
+        headers: raw.lines.to_map()?,
+        framing: raw.framing,
+        keep_alive: raw.keep_alive,
+    }))
+}
+
+/// A response head as received: status, framing, and its header lines
+/// where they are in the head, with no header map built. A proxy that
+/// passes the lines on (HTTP/1.1 to HTTP/1.1, no edits) writes them with
+/// [`encode_forwarded_response_head`]; [`RawHeaders::to_map`] builds the
+/// map when one is needed.
+#[derive(Debug)]
+pub struct RawResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub lines: RawHeaders,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+impl RawResponseHead {
+    /// A 1xx other than 101: another head follows on the connection.
+    pub fn is_interim(&self) -> bool {
+        self.status.is_informational() && self.status != StatusCode::SWITCHING_PROTOCOLS
+    }
+
+    /// The check of [`ResponseHead::for_forwarding`]: a transfer coding
+    /// other than a lone `chunked` is refused. (The `Content-Length` next
+    /// to it is left out when the lines are written or mapped for the next
+    /// hop.)
+    pub fn check_forwardable(&self) -> Result<(), Error> {
+        if self.lines.te_lines == 0 || (self.lines.te_lines == 1 && self.lines.te_lone_chunked) {
+            return Ok(());
+        }
+        let value = self
+            .lines
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        Err(Error::TransferCoding(value))
+    }
+}
+
+/// The header lines of a head, by position (names as sent, in order).
+#[derive(Debug, Clone)]
+pub struct RawHeaders {
+    head: Bytes,
+    spans: Vec<[u32; 4]>,
+    /// `Transfer-Encoding` lines, and whether the only one is `chunked`.
+    te_lines: u32,
+    te_lone_chunked: bool,
+    /// A `Date` line.
+    pub has_date: bool,
+    /// `Connection` names a header other than `close` / `keep-alive`: that
+    /// header is hop-by-hop too (RFC 9110 §7.6.1), so the lines cannot be
+    /// passed on as they are.
+    pub connection_lists_headers: bool,
+}
+
+impl RawHeaders {
+    /// The lines, as (name, value) bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&[ns, ne, vs, ve]| {
+            (
+                &self.head[ns as usize..ne as usize],
+                &self.head[vs as usize..ve as usize],
+            )
+        })
+    }
+
+    /// The header map, as received (values share the head's bytes).
+    pub fn to_map(&self) -> Result<HeaderMap, Error> {
+        header_map(&self.head, &self.spans)
+            .map(|(map, _)| map)
+            .map_err(Error::Header)
+    }
+
+    /// The head's size in bytes (its lines take less).
+    pub fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
+    /// A `Transfer-Encoding` came: a proxy drops the `Content-Length` next
+    /// to it (RFC 9112 §6.3).
+    pub fn has_transfer_encoding(&self) -> bool {
+        self.te_lines > 0
+    }
+
+    /// The lines a proxy passes on: none of the hop-by-hop ones, and
+    /// `Content-Length` only when `keep_length` (a bodiless answer, whose
+    /// length is the client's information) and no `Transfer-Encoding` came
+    /// with it.
+    pub(crate) fn forwarded(&self, keep_length: bool) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let keep_length = keep_length && self.te_lines == 0;
+        self.iter().filter(move |(n, _)| {
+            hop_by_hop_index(n).is_none()
+                && (keep_length || !n.eq_ignore_ascii_case(b"content-length"))
+        })
+    }
+}
+
+/// The hop-by-hop headers (RFC 9110 §7.6.1, plus `Keep-Alive` and
+/// `Proxy-Connection`), in the order [`hop_by_hop_index`] numbers them.
+pub const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The index in [`HOP_BY_HOP`] of a header name (any case), if it is one.
+pub fn hop_by_hop_index(n: &[u8]) -> Option<usize> {
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => Some(3),
+        7 if is("trailer") => Some(4),
+        7 if is("upgrade") => Some(6),
+        10 if is("connection") => Some(0),
+        10 if is("keep-alive") => Some(1),
+        16 if is("proxy-connection") => Some(2),
+        17 if is("transfer-encoding") => Some(5),
+        _ => None,
+    }
+}
+
+/// [`parse_response`] without the header map: the lines stay where they
+/// are in the head. The same rules and errors, but for the header names
+/// and values, which only [`RawHeaders::to_map`] checks again (the
+/// parser already takes names that are tokens and values without
+/// control characters, which is what the map accepts).
+pub fn parse_response_lines(
+    buf: &mut BytesMut,
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<RawResponseHead>, Error> {
     // Not initialised: httparse fills what it uses (4 KiB of zeroes per
     // response otherwise).
     let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -147,21 +293,51 @@ pub fn parse_response(
     // Where names and values are in the head: the parsed headers borrow
     // the buffer; the values will share the head once it is split off.
     let base = buf.as_ptr() as usize;
-    let count = resp.headers.len();
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        *span = span_of(base, h);
+    let mut seen = Seen::default();
+    let mut te_lone_chunked = false;
+    let mut has_date = false;
+    let mut connection_lists_headers = false;
+    let mut spans = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        spans.push(span_of(base, h));
+        let name = h.name.as_bytes();
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"date") => has_date = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                seen.note_connection(h.value);
+                connection_lists_headers |= h.value.split(|b| *b == b',').any(|t| {
+                    let t = trim(t);
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                });
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                seen.note_content_length(h.value);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                te_lone_chunked = trim(h.value).eq_ignore_ascii_case(b"chunked");
+                seen.note_transfer_encoding(h.value);
+            }
+            _ => {}
+        }
     }
     let head = buf.split_to(len).freeze();
-    let (headers, seen) = header_map(&head, &spans[..count]).map_err(Error::Header)?;
-    let (framing, mut keep_alive) = framing(status, version, &headers, &seen, head_request)?;
+    let (framing, mut keep_alive) = framing(status, version, &seen, head_request)?;
     if framing == Framing::Close {
         keep_alive = false;
     }
-    Ok(Some(ResponseHead {
+    Ok(Some(RawResponseHead {
         status,
         version,
-        headers,
+        lines: RawHeaders {
+            head,
+            spans,
+            te_lines: seen.te_lines,
+            te_lone_chunked,
+            has_date,
+            connection_lists_headers,
+        },
         framing,
         keep_alive,
     }))
@@ -203,7 +379,6 @@ pub(crate) fn header_map(head: &Bytes, spans: &[[u32; 4]]) -> Result<(HeaderMap,
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
     seen: &Seen,
     head_request: bool,
 ) -> Result<(Framing, bool), Error> {
@@ -228,7 +403,7 @@ fn framing(
         if seen.content_length.is_some() {
             keep_alive = false;
         }
-        return Ok(if last_coding_is_chunked(headers) {
+        return Ok(if seen.te_last_chunked {
             (Framing::Chunked, keep_alive)
         } else {
             (Framing::Close, false)
@@ -248,8 +423,11 @@ pub(crate) struct Seen {
     /// `Host` lines, and whether the first one is a valid host.
     pub hosts: u32,
     pub first_host_valid: bool,
-    /// A `Transfer-Encoding` line.
+    /// A `Transfer-Encoding` line; how many; whether the last coding of
+    /// the last one is `chunked`.
     pub te: bool,
+    pub te_lines: u32,
+    pub te_last_chunked: bool,
     /// The `Content-Length` lines: one number (every value and list element
     /// the same), or invalid.
     pub content_length: Option<Result<u64, ()>>,
@@ -264,20 +442,11 @@ pub(crate) struct Seen {
 impl Seen {
     pub(crate) fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
-            self.content_length = Some(match (self.content_length, parse_length(value)) {
-                (None | Some(Ok(_)), Err(())) | (Some(Err(())), _) => Err(()),
-                (None, Ok(n)) => Ok(n),
-                (Some(Ok(prev)), Ok(n)) if prev == n => Ok(n),
-                (Some(Ok(_)), Ok(_)) => Err(()),
-            });
+            self.note_content_length(value);
         } else if *name == header::CONNECTION {
-            for t in value.split(|b| *b == b',') {
-                let t = trim(t);
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.note_connection(value);
         } else if *name == header::TRANSFER_ENCODING {
-            self.te = true;
+            self.note_transfer_encoding(value);
         } else if *name == header::HOST {
             if self.hosts == 0 {
                 self.first_host_valid = request::valid_host(value);
@@ -287,6 +456,34 @@ impl Seen {
             self.expect_seen = true;
             self.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
         }
+    }
+}
+
+impl Seen {
+    fn note_content_length(&mut self, value: &[u8]) {
+        self.content_length = Some(match (self.content_length, parse_length(value)) {
+            (None | Some(Ok(_)), Err(())) | (Some(Err(())), _) => Err(()),
+            (None, Ok(n)) => Ok(n),
+            (Some(Ok(prev)), Ok(n)) if prev == n => Ok(n),
+            (Some(Ok(_)), Ok(_)) => Err(()),
+        });
+    }
+
+    fn note_connection(&mut self, value: &[u8]) {
+        for t in value.split(|b| *b == b',') {
+            let t = trim(t);
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+
+    fn note_transfer_encoding(&mut self, value: &[u8]) {
+        self.te = true;
+        self.te_lines += 1;
+        self.te_last_chunked = value
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
     }
 }
 
@@ -325,15 +522,6 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
         found = Some(n);
     }
     Ok(found)
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a comma-separated header names `token` (case-insensitive).
@@ -567,7 +755,7 @@ impl ChunkedDecoder {
 mod request;
 pub use request::{
     RequestError, RequestFraming, RequestHead, RequestLimits, ResponseFraming,
-    encode_response_head, is_bodiless, parse_request,
+    encode_forwarded_response_head, encode_response_head, is_bodiless, parse_request,
 };
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::{header_map, span_of, trim};
+use crate::{RawHeaders, header_map, span_of, trim};
 
 /// Header slots on the stack; a larger configured limit uses the heap.
 const STACK_HEADERS: usize = 128;
@@ -330,27 +330,87 @@ pub fn encode_response_head(
     extra: &[(&HeaderName, &HeaderValue)],
     framing: ResponseFraming,
 ) {
-    out.reserve(
-        headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>()
-            + 64,
-    );
+    let keep_framing = framing == ResponseFraming::Bodiless;
+    let lines = headers
+        .iter()
+        .filter(|(n, _)| keep_framing || !is_framing(n))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    encode_lines(out, status, map_len(headers), lines, extra, framing);
+}
+
+/// [`encode_response_head`] for an answer whose upstream head is passed on
+/// as it came (`raw`: its lines less the hop-by-hop ones, less
+/// `Content-Length` unless the answer is bodiless, and less any name the
+/// proxy sets itself in `headers`, whose values replace them), then
+/// `headers` and `extra`.
+pub fn encode_forwarded_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    raw: &RawHeaders,
+    headers: &HeaderMap,
+    extra: &[(&HeaderName, &HeaderValue)],
+    framing: ResponseFraming,
+) {
+    let keep_framing = framing == ResponseFraming::Bodiless;
+    let own = headers
+        .iter()
+        .filter(|(n, _)| keep_framing || !is_framing(n))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let len = raw.head_len() + map_len(headers);
+    let lines = raw
+        .forwarded(keep_framing)
+        .filter(|(n, _)| {
+            !headers
+                .keys()
+                .any(|k| n.eq_ignore_ascii_case(k.as_str().as_bytes()))
+        })
+        .chain(own);
+    encode_lines(out, status, len, lines, extra, framing);
+}
+
+/// Bytes the lines of `headers` take on the wire.
+fn map_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+fn is_framing(n: &HeaderName) -> bool {
+    n == header::CONTENT_LENGTH || n == header::TRANSFER_ENCODING
+}
+
+/// The status line, `lines` (about `len` bytes), `extra`, the framing
+/// header, the blank line.
+fn encode_lines<'a>(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    len: usize,
+    lines: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    extra: &[(&HeaderName, &HeaderValue)],
+    framing: ResponseFraming,
+) {
+    out.reserve(len + 64 + extra.len() * 48);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let keep_framing = framing == ResponseFraming::Bodiless;
-    for (name, value) in headers.iter().chain(extra.iter().copied()) {
-        if !keep_framing && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in lines {
+        line(name, value);
+    }
+    // The framing is the caller's choice: no extra line may contradict it.
+    let keep_framing = framing == ResponseFraming::Bodiless;
+    for (name, value) in extra {
+        if keep_framing || !is_framing(name) {
+            line(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     match framing {
         ResponseFraming::Bodiless | ResponseFraming::Close => {}

@@ -5,8 +5,9 @@
 
 use bytes::BytesMut;
 use h1_codec::{
-    BodyFraming, CRLF, Chunk, ChunkedDecoder, Error, Framing, LAST_CHUNK, encode_chunk,
-    encode_request_head, encode_request_head_with, parse_response,
+    BodyFraming, CRLF, Chunk, ChunkedDecoder, Error, Framing, HOP_BY_HOP, LAST_CHUNK,
+    ResponseFraming, encode_chunk, encode_forwarded_response_head, encode_request_head,
+    encode_request_head_with, encode_response_head, parse_response, parse_response_lines,
 };
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
@@ -852,5 +853,103 @@ proptest! {
                 prop_assert_eq!(framing[0].1, &b"chunked"[..]);
             }
         }
+    }
+}
+
+/// The header lines of an encoded head, lower-cased names, sorted (a
+/// header map groups lines by name; the lines passed on keep their order).
+fn sorted_lines(head: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut headers);
+    let status = resp.parse(head).expect("the encoder's head parses");
+    assert!(status.is_complete(), "the encoder's head is complete");
+    let mut out: Vec<(String, Vec<u8>)> = resp
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(768))]
+
+    /// A head passed on line by line (what the node does for an HTTP/1.1
+    /// app and an HTTP/1.1 client) says what the header-map path says:
+    /// the same parse outcome, framing and persistence, the same refusals,
+    /// and on the wire the same header lines less the hop-by-hop ones, with
+    /// the proxy's own headers replacing the app's of the same name.
+    #[test]
+    fn forwarded_lines_say_what_the_header_map_says(
+        c in response_case(),
+        own_pick in any::<prop::sample::Index>(),
+        body_framing in select(vec![ResponseFraming::Length(7), ResponseFraming::Chunked, ResponseFraming::Close]),
+    ) {
+        let head_bytes = encode_response(&c);
+        let shown = String::from_utf8_lossy(&head_bytes).into_owned();
+        let mut a = BytesMut::from(&head_bytes[..]);
+        let mut b = a.clone();
+        let mapped = parse_response(&mut a, c.head_request, 64 * 1024);
+        let raw = parse_response_lines(&mut b, c.head_request, 64 * 1024);
+        let (m, r) = match (mapped, raw) {
+            (Ok(Some(m)), Ok(Some(r))) => (m, r),
+            (Err(x), Err(y)) => {
+                prop_assert_eq!(x, y, "{}", shown);
+                return Ok(());
+            }
+            (x, y) => {
+                prop_assert!(false, "map path {:?}, line path {:?} for {}", x, y, shown);
+                unreachable!()
+            }
+        };
+        prop_assert_eq!(m.status, r.status);
+        prop_assert_eq!(m.version, r.version);
+        prop_assert_eq!(m.framing, r.framing, "{}", shown);
+        prop_assert_eq!(m.keep_alive, r.keep_alive, "{}", shown);
+        prop_assert_eq!(m.is_interim(), r.is_interim());
+        let forwardable = m.for_forwarding();
+        prop_assert_eq!(forwardable.is_ok(), r.check_forwardable().is_ok(), "{}", shown);
+        let Ok(m) = forwardable else { return Ok(()) };
+        // The node maps a head whose Connection names other headers.
+        if r.lines.connection_lists_headers {
+            return Ok(());
+        }
+        prop_assert_eq!(m.headers.contains_key(http::header::DATE), r.lines.has_date);
+
+        // The proxy's own headers: its node name, and sometimes a name the
+        // app sent too (the proxy's value wins).
+        let mut own = HeaderMap::new();
+        own.insert("x-tandem-node", HeaderValue::from_static("n1"));
+        let named: Vec<HeaderName> = m
+            .headers
+            .keys()
+            .filter(|k| !HOP_BY_HOP.contains(k) && **k != http::header::CONTENT_LENGTH)
+            .cloned()
+            .collect();
+        if !named.is_empty() {
+            own.insert(own_pick.get(&named).clone(), HeaderValue::from_static("proxy's"));
+        }
+        let framing = if m.framing == Framing::Empty { ResponseFraming::Bodiless } else { body_framing };
+
+        let mut want_map = m.headers.clone();
+        for n in &HOP_BY_HOP {
+            want_map.remove(n);
+        }
+        for (k, v) in &own {
+            want_map.insert(k.clone(), v.clone());
+        }
+        let mut want = Vec::new();
+        encode_response_head(&mut want, m.status, &want_map, &[], framing);
+        let mut got = Vec::new();
+        encode_forwarded_response_head(&mut got, r.status, &r.lines, &own, &[], framing);
+        prop_assert_eq!(
+            sorted_lines(&got),
+            sorted_lines(&want),
+            "{}\nlines: {}\nmap: {}",
+            shown,
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
     }
 }

@@ -34,7 +34,7 @@ use crate::limits::{BodyWatch, CappedBody};
 use crate::metrics::{Metrics, RouteSeries};
 use crate::router::{RouteEntry, normalize_host};
 use crate::upstream::{BoundPool, BoxError, ConnectError, Opener, PoolRef, UpBody};
-use h1_codec::BodyFraming;
+use h1_codec::{BodyFraming, HOP_BY_HOP, hop_by_hop_index};
 use smallvec::SmallVec;
 
 pub const X_TANDEM_NODE: HeaderName = HeaderName::from_static("x-tandem-node");
@@ -42,8 +42,6 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What a client connection tells its requests.
 pub(crate) struct ConnCtx {
@@ -94,7 +92,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // none of these, and each removal costs a hash and a probe.
     let mut found = 0u8;
     for name in h.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
             found |= 1 << i;
         }
     }
@@ -108,31 +106,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         if found & (1 << i) != 0 {
             h.remove(name);
         }
-    }
-}
-
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// The index of a hop-by-hop name in [`HOP_BY_HOP`] (names are lower case).
-fn hop_by_hop_index(n: &HeaderName) -> Option<usize> {
-    let s = n.as_str();
-    match s.len() {
-        2 if s == "te" => Some(3),
-        7 if s == "trailer" => Some(4),
-        7 if s == "upgrade" => Some(6),
-        10 if s == "connection" => Some(0),
-        10 if s == "keep-alive" => Some(1),
-        16 if s == "proxy-connection" => Some(2),
-        17 if s == "transfer-encoding" => Some(5),
-        _ => None,
     }
 }
 
@@ -399,6 +372,22 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
+    /// An HTTP/1.1 app's head lines, passed on as they came (the header
+    /// map then holds only the node's own headers).
+    pub(crate) fn raw_head(&self) -> Option<&h1_codec::RawHeaders> {
+        match &self.inner {
+            Inner::H1(b) => b.raw(),
+            _ => None,
+        }
+    }
+
+    /// Lets the head's bytes go once written.
+    pub(crate) fn drop_raw_head(&mut self) {
+        if let Inner::H1(b) = &mut self.inner {
+            b.take_raw();
+        }
+    }
+
     fn inner_done(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
@@ -563,18 +552,17 @@ where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let h2 = req.version() == Version::HTTP_2;
     match prepare(&ctx, req) {
         Ok(p) => Handled::Forward(Box::pin(forward(ctx, p))),
-        Err(resp) => Handled::Ready(Some(conclude(&ctx, resp))),
+        Err(resp) => Handled::Ready(Some(conclude(&ctx, h2, resp))),
     }
 }
 
 /// Draining: an h1 client is told to go (h2 gets GOAWAY from hyper). So is
 /// one whose body was refused part-way: the rest of it is not read.
-fn conclude(ctx: &ConnCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    if &*ctx.alpn != "h2"
-        && (ctx.node.is_shutting_down() || resp.status() == StatusCode::PAYLOAD_TOO_LARGE)
-    {
+fn conclude(ctx: &ConnCtx, h2: bool, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if !h2 && (ctx.node.is_shutting_down() || resp.status() == StatusCode::PAYLOAD_TOO_LARGE) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -592,6 +580,8 @@ fn is_idempotent(m: &Method) -> bool {
 /// attempts need.
 struct Prepared {
     start: Instant,
+    /// The client speaks h2 (its answer needs a header map).
+    h2: bool,
     log: AccessLog,
     route: Arc<RouteEntry>,
     cluster: Arc<Cluster>,
@@ -627,6 +617,7 @@ where
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
+    let h2 = req.version() == Version::HTTP_2;
     let host_value = request_host_value(&req);
     let host = host_value
         .as_ref()
@@ -791,6 +782,7 @@ where
     cluster.count_request();
     Ok(Prepared {
         start,
+        h2,
         log,
         route,
         cluster,
@@ -896,7 +888,8 @@ fn forward(
             retries_left -= 1;
             Metrics::cluster_counter(&ctx.node.metrics.retries, &cluster.name);
         }
-        conclude(&ctx, respond(&ctx, p, last))
+        let h2 = p.h2;
+        conclude(&ctx, h2, respond(&ctx, p, last))
     }
 }
 
@@ -927,6 +920,7 @@ fn respond(
     let client_fault = p.client_fault();
     let Prepared {
         start,
+        h2,
         mut log,
         route,
         cluster,
@@ -945,7 +939,35 @@ fn respond(
     log.endpoint = Some(ep);
     match attempt {
         Ok((resp, in_flight)) => {
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, mut body) = resp.into_parts();
+            // An HTTP/1.1 app's head goes to an HTTP/1.1 client line by line
+            // as it came, less the hop-by-hop lines (no header map built and
+            // stripped). The map is made when the client speaks h2, the
+            // route edits the answer's headers, or `Connection` names more
+            // headers to drop.
+            if let Inner::H1(b) = &mut body
+                && (h2
+                    || route.edits_response()
+                    || b.raw().is_some_and(|r| r.connection_lists_headers))
+                && let Some(raw) = b.take_raw()
+            {
+                match raw.to_map() {
+                    Ok(map) => parts.headers = map,
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster.name, endpoint = %ep, error = %e, "upstream sent a bad response");
+                        return local(
+                            ctx,
+                            log,
+                            start,
+                            StatusCode::BAD_GATEWAY,
+                            "upstream request failed\n",
+                        );
+                    }
+                }
+                if raw.has_transfer_encoding() {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+            }
             strip_hop_by_hop(&mut parts.headers);
             route.edit_response(&mut parts.headers);
             parts

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 use bytes::{Buf, Bytes};
-use h1_codec::{BodyFraming, Chunk, ChunkedDecoder, Framing, ResponseHead};
+use h1_codec::{BodyFraming, Chunk, ChunkedDecoder, Framing, RawHeaders, RawResponseHead};
 use http::{Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -65,7 +65,7 @@ pub(crate) async fn exchange(
     framing: BodyFraming,
     body: UpBody,
     head_request: bool,
-) -> Result<ResponseHead, ExchangeError> {
+) -> Result<RawResponseHead, ExchangeError> {
     if framing == BodyFraming::None {
         conn.stream.write_all(head).await.map_err(closed)?;
     } else if let Err(e) = send_body(conn, head, framing, body).await {
@@ -88,13 +88,16 @@ pub(crate) async fn exchange(
 }
 
 /// Reads the final response head (interim 1xx skipped).
-async fn read_head(conn: &mut H1Conn, head_request: bool) -> Result<ResponseHead, ExchangeError> {
+async fn read_head(
+    conn: &mut H1Conn,
+    head_request: bool,
+) -> Result<RawResponseHead, ExchangeError> {
     let mut received = false;
     loop {
         if !conn.buf.is_empty() {
             received = true;
             if let Some(resp) =
-                h1_codec::parse_response(&mut conn.buf, head_request, MAX_RESPONSE_HEAD)?
+                h1_codec::parse_response_lines(&mut conn.buf, head_request, MAX_RESPONSE_HEAD)?
             {
                 if resp.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(ExchangeError::Upgrade);
@@ -102,7 +105,8 @@ async fn read_head(conn: &mut H1Conn, head_request: bool) -> Result<ResponseHead
                 if resp.is_interim() {
                     continue;
                 }
-                return Ok(resp.for_forwarding()?);
+                resp.check_forwardable()?;
+                return Ok(resp);
             }
         }
         conn.buf.reserve(READ_CHUNK);
@@ -181,7 +185,9 @@ async fn write(conn: &mut H1Conn, bytes: &[u8], sent_any: bool) -> Result<(), Ex
 /// upstream may stay silent inside the body for at most `stall` (the
 /// cluster's response timeout, as HAProxy's `timeout server`); past that
 /// the body fails and the client's response is cut.
-pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Response<H1Body> {
+/// The head's lines stay as they came ([`H1Body::raw`]), for the client's
+/// HTTP/1.1 answer to pass on or for [`H1Body::header_map`] to map.
+pub(crate) fn response(head: RawResponseHead, lease: Lease, stall: Duration) -> Response<H1Body> {
     let state = match head.framing {
         Framing::Empty | Framing::Length(0) => State::Done,
         Framing::Length(n) => State::Length(n),
@@ -195,6 +201,7 @@ pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Res
         stall,
         timer: None,
         progressed: false,
+        raw: Some(head.lines),
     };
     if matches!(body.state, State::Done) {
         body.finish();
@@ -202,7 +209,6 @@ pub(crate) fn response(head: ResponseHead, lease: Lease, stall: Duration) -> Res
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = head.headers;
     resp
 }
 
@@ -228,9 +234,22 @@ pub(crate) struct H1Body {
     timer: Option<Pin<Box<Sleep>>>,
     /// Bytes came since the timer was last set.
     progressed: bool,
+    /// The response head's lines (the response's header map is empty
+    /// while they are here).
+    raw: Option<RawHeaders>,
 }
 
 impl H1Body {
+    /// The head's lines, while not taken.
+    pub(crate) fn raw(&self) -> Option<&RawHeaders> {
+        self.raw.as_ref()
+    }
+
+    /// Takes the head's lines away (they hold the head's bytes).
+    pub(crate) fn take_raw(&mut self) -> Option<RawHeaders> {
+        self.raw.take()
+    }
+
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(lease) = self.lease.take()

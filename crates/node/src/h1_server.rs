@@ -413,7 +413,8 @@ impl<IO: ClientIo> Conn<IO> {
         let mut extra: [(&HeaderName, &HeaderValue); 2] = [(&header::DATE, &CLOSE); 2];
         let mut n = 0;
         let date;
-        if !parts.headers.contains_key(header::DATE) {
+        if !parts.headers.contains_key(header::DATE) && !body.raw_head().is_some_and(|r| r.has_date)
+        {
             date = http_date();
             extra[n] = (&header::DATE, &date);
             n += 1;
@@ -425,13 +426,24 @@ impl<IO: ClientIo> Conn<IO> {
             extra[n] = (&header::CONNECTION, &KEEP_ALIVE);
             n += 1;
         }
-        h1_codec::encode_response_head(
-            &mut self.wbuf,
-            parts.status,
-            &parts.headers,
-            &extra[..n],
-            framing,
-        );
+        match body.raw_head() {
+            Some(raw) => h1_codec::encode_forwarded_response_head(
+                &mut self.wbuf,
+                parts.status,
+                raw,
+                &parts.headers,
+                &extra[..n],
+                framing,
+            ),
+            None => h1_codec::encode_response_head(
+                &mut self.wbuf,
+                parts.status,
+                &parts.headers,
+                &extra[..n],
+                framing,
+            ),
+        }
+        body.drop_raw_head();
         drop(parts);
         if bodiless {
             drop(body);

@@ -164,6 +164,11 @@ impl RouteEntry {
         }
     }
 
+    /// The route edits response headers.
+    pub fn edits_response(&self) -> bool {
+        !self.response_remove.is_empty() || !self.response_add.is_empty()
+    }
+
     /// Applies the route's response header edits.
     pub fn edit_response(&self, h: &mut HeaderMap) {
         for n in &self.response_remove {

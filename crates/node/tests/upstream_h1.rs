@@ -1021,3 +1021,128 @@ async fn early_answer_of_an_app_that_stops_reading_reaches_the_client() {
     writer.abort();
     app.abort();
 }
+
+/// The app's response head reaches an HTTP/1.1 client line by line, less
+/// its hop-by-hop lines and those its `Connection` names, with the node's
+/// own headers in place of any the app sent under the same names.
+#[tokio::test]
+async fn response_head_reaches_the_client_less_its_hop_by_hop_lines() {
+    let app = App::start(Arc::new(|_, nth, _| {
+        reply(if nth == 0 {
+            "HTTP/1.1 200 OK\r\n\
+             Server: app/1\r\n\
+             X-Tandem-Node: spoofed\r\n\
+             Connection: keep-alive\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\n\
+             Trailer: x-checksum\r\n\
+             Upgrade: h2c\r\n\
+             Set-Cookie: a=1\r\n\
+             Set-Cookie: b=2\r\n\
+             Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\
+             Content-Length: 2\r\n\
+             \r\n\
+             ok"
+        } else {
+            "HTTP/1.1 200 OK\r\n\
+             Connection: X-Secret, keep-alive\r\n\
+             X-Secret: 1\r\n\
+             X-Other: 2\r\n\
+             Content-Length: 2\r\n\
+             \r\n\
+             ok"
+        })
+    }))
+    .await;
+    let n = start_node(app.addr, vec![]).await;
+    let mut c = Client::connect(n.addr).await;
+
+    let r = c.get("/a").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.text(), "ok");
+    let h = &r.head;
+    assert_eq!(one(h, "server"), "app/1");
+    assert_eq!(values(h, "set-cookie"), ["a=1", "b=2"], "{h}");
+    assert_eq!(one(h, "x-tandem-node"), "node-h1", "{h}");
+    // The app's Date, and no second one from the node.
+    assert_eq!(one(h, "date"), "Thu, 01 Jan 2026 00:00:00 GMT");
+    assert_eq!(one(h, "content-length"), "2");
+    for gone in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(values(h, gone).is_empty(), "{gone} passed on:\n{h}");
+    }
+
+    // Connection names a header: it goes too; the others stay.
+    let r = c.get("/b").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let h = &r.head;
+    assert!(values(h, "x-secret").is_empty(), "{h}");
+    assert_eq!(one(h, "x-other"), "2");
+    assert!(values(h, "connection").is_empty(), "{h}");
+    // The node's Date, as the app sent none.
+    assert_eq!(values(h, "date").len(), 1, "{h}");
+    assert_eq!(app.accepts(), 1);
+}
+
+/// An h2 client (prior knowledge) gets the HTTP/1.1 app's headers from a
+/// header map made of the lines: the same headers, none hop-by-hop (h2
+/// forbids them), the node's name once.
+#[tokio::test]
+async fn h2_client_gets_the_h1_apps_headers() {
+    use http_body_util::{BodyExt, Empty};
+    let app = App::start(Arc::new(|_, _, _| {
+        reply(
+            "HTTP/1.1 200 OK\r\n\
+             Server: app/1\r\n\
+             X-Tandem-Node: spoofed\r\n\
+             Connection: keep-alive, X-Secret\r\n\
+             X-Secret: 1\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Set-Cookie: a=1\r\n\
+             Set-Cookie: b=2\r\n\
+             Content-Length: 2\r\n\
+             \r\n\
+             ok",
+        )
+    }))
+    .await;
+    let n = start_node(app.addr, vec![]).await;
+    let tcp = tokio::net::TcpStream::connect(n.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("http://app.test/h2")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    let all = |n: &str| -> Vec<String> {
+        h.get_all(n)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    assert_eq!(all("server"), ["app/1"]);
+    assert_eq!(all("set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(all("x-tandem-node"), ["node-h1"]);
+    for gone in ["connection", "keep-alive", "x-secret"] {
+        assert!(all(gone).is_empty(), "{gone} passed on: {h:?}");
+    }
+}
