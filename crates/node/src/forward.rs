@@ -835,19 +835,27 @@ fn forward(
                 plan: p.plan,
                 direct: p.direct.as_ref(),
             };
-            let send = send(
-                &ctx,
-                &p.cluster,
-                idx,
-                &outgoing,
-                (&mut p.headers, keep_copy),
-                attempt_body,
-            );
-            let timer = response_timer(sent_at, p.cluster.response_timeout, p.watch.as_deref());
-            let r = tokio::select! {
-                biased;
-                r = send => r,
-                () = timer => Err(SendError::Timeout),
+            // Pinned where they are made: `select!` polls them in place
+            // (moved into it, the 1 KiB send future is copied once more).
+            let r = {
+                let send = std::pin::pin!(send(
+                    &ctx,
+                    &p.cluster,
+                    idx,
+                    &outgoing,
+                    (&mut p.headers, keep_copy),
+                    attempt_body,
+                ));
+                let timer = std::pin::pin!(response_timer(
+                    sent_at,
+                    p.cluster.response_timeout,
+                    p.watch.as_deref()
+                ));
+                tokio::select! {
+                    biased;
+                    r = send => r,
+                    () = timer => Err(SendError::Timeout),
+                }
             };
             let cluster = &p.cluster;
             let waited = sent_at.elapsed().as_secs_f64();
