@@ -330,11 +330,7 @@ pub fn encode_response_head(
     extra: &[(&HeaderName, &HeaderValue)],
     framing: ResponseFraming,
 ) {
-    let keep_framing = framing == ResponseFraming::Bodiless;
-    let lines = headers
-        .iter()
-        .filter(|(n, _)| keep_framing || !is_framing(n))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let lines = map_lines(headers, framing);
     encode_lines(out, status, map_len(headers), lines, extra, framing);
 }
 
@@ -352,10 +348,7 @@ pub fn encode_forwarded_response_head(
     framing: ResponseFraming,
 ) {
     let keep_framing = framing == ResponseFraming::Bodiless;
-    let own = headers
-        .iter()
-        .filter(|(n, _)| keep_framing || !is_framing(n))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let own = map_lines(headers, framing);
     let len = raw.head_len() + map_len(headers);
     let lines = raw
         .forwarded(keep_framing)
@@ -374,6 +367,19 @@ fn map_len(headers: &HeaderMap) -> usize {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum()
+}
+
+/// The lines of a header map, less framing lines the answer's `framing`
+/// replaces.
+fn map_lines(
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let keep_framing = framing == ResponseFraming::Bodiless;
+    headers
+        .iter()
+        .filter(move |(n, _)| keep_framing || !is_framing(n))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
 }
 
 fn is_framing(n: &HeaderName) -> bool {
