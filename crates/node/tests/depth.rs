@@ -13,18 +13,20 @@ use control_api::pb::{
     HashOn, HashPolicy, HeaderMatch, HeaderValue as PbHeader, HealthCheck, ListenerSettings,
     OutlierDetection, Redirect, RetryPolicy, TicketKey, TlsSettings, UpstreamProtocol,
 };
-use control_api::{Certificate, Cluster, LbPolicy, Route, Snapshot};
+use control_api::{Cluster, LbPolicy, Route, Snapshot};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use node::Node;
-use rustls_pki_types::{PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod support;
-use support::{Running, TestCert, cluster, loopback, route, run_node, test_cert};
+use support::{
+    Running, TestCert, Tls, certificate, client_config, cluster, line, loopback, route, run_node,
+    test_cert, tls_connect, tls_connect_with,
+};
 
 /// What an app does with a request.
 type Handler = Arc<dyn Fn(&Request<()>, usize) -> Response<Full<Bytes>> + Send + Sync>;
@@ -91,14 +93,7 @@ fn snapshot(cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<Route>) -> Snap
         version: 1,
         clusters,
         routes,
-        certificates: vec![Certificate {
-            name: "localhost".into(),
-            sni_names: vec!["localhost".into()],
-            cert_chain_pem: cert.cert_pem.clone(),
-            private_key_pem: cert.key_pem.clone(),
-            default: true,
-            private_key_fingerprint: String::new(),
-        }],
+        certificates: vec![certificate(cert)],
         ..Default::default()
     }
 }
@@ -113,49 +108,8 @@ async fn start(snap: &Snapshot) -> Running {
     )
 }
 
-fn client_config(
-    cert: &TestCert,
-    alpn: &[&[u8]],
-    client_auth: Option<(&TestCert, &TestCert)>,
-) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).expect("root");
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
-    let mut cfg = match client_auth {
-        None => b.with_no_client_auth(),
-        Some((leaf, _ca)) => {
-            let key = PrivateKeyDer::try_from(
-                rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
-                    .map(|k: PrivateKeyDer<'static>| k.secret_der().to_vec())
-                    .expect("key pem"),
-            )
-            .expect("key");
-            b.with_client_auth_cert(vec![leaf.der.clone()], key)
-                .expect("client cert")
-        }
-    };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    cfg
-}
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn connect_with(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-}
-
 async fn tls(addr: SocketAddr, cert: &TestCert, alpn: &[&[u8]]) -> Tls {
-    connect_with(addr, Arc::new(client_config(cert, alpn, None)))
-        .await
-        .expect("tls")
+    tls_connect(addr, None, alpn, cert).await.expect("tls")
 }
 
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -197,12 +151,6 @@ fn get(path: &str) -> hyper::http::request::Builder {
 
 fn empty() -> Full<Bytes> {
     Full::new(Bytes::new())
-}
-
-fn line<'a>(body: &'a str, key: &str) -> &'a str {
-    body.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or("<missing>")
 }
 
 /// Writes `bytes` on a fresh TLS connection (http/1.1) and reads what comes
@@ -516,16 +464,25 @@ async fn slow_clients_and_too_many_connections_are_cut() {
             .status,
         StatusCode::OK
     );
-    let third = connect_with(n.addr, Arc::new(client_config(&cert, &[b"http/1.1"], None))).await;
+    let third = tls_connect_with(
+        n.addr,
+        None,
+        Arc::new(client_config(&cert, &[b"http/1.1"], None)),
+    )
+    .await;
     assert!(third.is_err(), "third connection got through");
     assert!(metrics(&n.node).contains("tandem_node_connections_refused_total 1"));
     // One goes: a new one gets in.
     drop(c1);
     assert!(
         eventually(async || {
-            connect_with(n.addr, Arc::new(client_config(&cert, &[b"http/1.1"], None)))
-                .await
-                .is_ok()
+            tls_connect_with(
+                n.addr,
+                None,
+                Arc::new(client_config(&cert, &[b"http/1.1"], None)),
+            )
+            .await
+            .is_ok()
         })
         .await
     );
@@ -1025,7 +982,9 @@ async fn session_resumes_on_another_node_with_shared_ticket_keys() {
         let cfg = Arc::new(cfg);
 
         let handshake = async |addr: SocketAddr| {
-            let mut t = connect_with(addr, cfg.clone()).await.expect("tls");
+            let mut t = tls_connect_with(addr, None, cfg.clone())
+                .await
+                .expect("tls");
             // TLS 1.3 tickets come after the handshake: do a request so the
             // client reads them.
             t.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -1105,17 +1064,22 @@ async fn client_certificates_are_required_when_configured() {
 
     // Without a certificate: refused (in TLS 1.3 the alert comes after the
     // client's handshake, so look at the first read).
-    let refused =
-        match connect_with(n.addr, Arc::new(client_config(&cert, &[b"http/1.1"], None))).await {
-            Err(_) => true,
-            Ok(mut t) => {
-                let _ = t
-                    .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                    .await;
-                let mut buf = [0u8; 64];
-                !matches!(t.read(&mut buf).await, Ok(n) if n > 0)
-            }
-        };
+    let refused = match tls_connect_with(
+        n.addr,
+        None,
+        Arc::new(client_config(&cert, &[b"http/1.1"], None)),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(mut t) => {
+            let _ = t
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 64];
+            !matches!(t.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
     assert!(refused, "a client without a certificate was served");
     // With one: served.
     let cfg = Arc::new(client_config(
@@ -1123,7 +1087,7 @@ async fn client_certificates_are_required_when_configured() {
         &[b"http/1.1"],
         Some((&client, &ca_cert)),
     ));
-    let t = connect_with(n.addr, cfg).await.expect("mTLS");
+    let t = tls_connect_with(n.addr, None, cfg).await.expect("mTLS");
     let (mut s, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(t))
         .await
         .expect("h1");

@@ -7,38 +7,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use control_api::{
-    Certificate, Cluster, Endpoint, LbPolicy, Route, Snapshot, UpstreamProxyProtocol,
-};
+use control_api::{Cluster, Route, Snapshot, UpstreamProxyProtocol};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use node::{Node, NodeConfig, ProxyProtocolMode};
-use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+mod support;
+use support::{Running, TestCert, certificate, host_route, line, test_cert, tls_connect};
+
 const CLIENT: &str = "203.0.113.9:5555";
 const VIP: &str = "198.51.100.1:443";
-
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn test_cert(names: &[&str]) -> TestCert {
-    let ck =
-        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("rcgen");
-    TestCert {
-        cert_pem: ck.cert.pem(),
-        key_pem: ck.signing_key.serialize_pem(),
-        der: ck.cert.der().clone(),
-    }
-}
 
 /// A PROXY v2 header for TCP over IPv4, written out by hand (and checked
 /// against the `proxy-protocol` crate's encoder).
@@ -186,35 +169,13 @@ async fn proxy_app() -> (SocketAddr, Arc<AtomicUsize>) {
     (a, accepts)
 }
 
+/// [`support::cluster`], sending PROXY v2 when `proxy_v2`.
 fn cluster(name: &str, endpoints: &[SocketAddr], proxy_v2: bool) -> Cluster {
-    Cluster {
-        name: name.into(),
-        endpoints: endpoints
-            .iter()
-            .map(|a| Endpoint {
-                address: a.to_string(),
-                weight: 1,
-            })
-            .collect(),
-        lb_policy: LbPolicy::RoundRobin as i32,
-        proxy_protocol: if proxy_v2 {
-            UpstreamProxyProtocol::V2 as i32
-        } else {
-            UpstreamProxyProtocol::None as i32
-        },
-        connect_timeout_ms: 500,
-        ..Default::default()
+    let mut c = support::cluster(name, endpoints);
+    if proxy_v2 {
+        c.proxy_protocol = UpstreamProxyProtocol::V2 as i32;
     }
-}
-
-fn route(name: &str, host: &str, prefix: &str, cluster: &str) -> Route {
-    Route {
-        name: name.into(),
-        host: host.into(),
-        path_prefix: prefix.into(),
-        cluster: cluster.into(),
-        ..Default::default()
-    }
+    c
 }
 
 fn snapshot(version: u64, cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<Route>) -> Snapshot {
@@ -222,23 +183,9 @@ fn snapshot(version: u64, cert: &TestCert, clusters: Vec<Cluster>, routes: Vec<R
         version,
         clusters,
         routes,
-        certificates: vec![Certificate {
-            name: "localhost".into(),
-            sni_names: vec!["localhost".into()],
-            cert_chain_pem: cert.cert_pem.clone(),
-            private_key_pem: cert.key_pem.clone(),
-            default: true,
-            private_key_fingerprint: String::new(),
-        }],
+        certificates: vec![certificate(cert)],
         ..Default::default()
     }
-}
-
-struct Running {
-    node: Arc<Node>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
 }
 
 async fn start_node(snap: &Snapshot, mode: ProxyProtocolMode) -> Running {
@@ -261,39 +208,11 @@ async fn start_node(snap: &Snapshot, mode: ProxyProtocolMode) -> Running {
     }
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn tls_connect(
-    addr: SocketAddr,
-    preface: Option<Vec<u8>>,
-    alpn: &[&[u8]],
-    cert: &TestCert,
-) -> std::io::Result<Tls> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).expect("root");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let mut tcp = TcpStream::connect(addr).await?;
-    if let Some(p) = preface {
-        tcp.write_all(&p).await?;
-    }
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-}
-
 type H1 = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
 async fn h1(addr: SocketAddr, preface: Option<Vec<u8>>, cert: &TestCert) -> H1 {
-    let tls = tls_connect(addr, preface, &[b"http/1.1"], cert)
+    let tls = tls_connect(addr, preface.as_deref(), &[b"http/1.1"], cert)
         .await
         .expect("tls");
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -342,21 +261,15 @@ async fn get2(send: &mut H2, host: &str, path: &str) -> Answer {
     collect(send.send_request(req).await.expect("response")).await
 }
 
-fn line<'a>(body: &'a str, key: &str) -> &'a str {
-    body.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or("<missing>")
-}
-
 #[tokio::test]
 async fn proxy_v2_client_address_becomes_x_forwarded_for() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "", "/", "a")],
+        vec![host_route("all", "", "/", "a")],
     );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
 
@@ -390,18 +303,18 @@ async fn proxy_v2_client_address_becomes_x_forwarded_for() {
 
 #[tokio::test]
 async fn h2_works() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "localhost", "/", "a")],
+        vec![host_route("all", "localhost", "/", "a")],
     );
     let n = start_node(&snap, ProxyProtocolMode::Required).await;
     let tls = tls_connect(
         n.addr,
-        Some(v2_header(addr(CLIENT), addr(VIP))),
+        Some(&v2_header(addr(CLIENT), addr(VIP))),
         &[b"h2"],
         &cert,
     )
@@ -436,7 +349,7 @@ async fn h2_works() {
 
 #[tokio::test]
 async fn routes_by_host_and_prefix() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let (a, b, c, d) = (
         echo_app("a").await,
         echo_app("b").await,
@@ -454,12 +367,12 @@ async fn routes_by_host_and_prefix() {
             cluster("empty", &[], false),
         ],
         vec![
-            route("root", "localhost", "/", "a"),
-            route("api", "localhost", "/api", "b"),
-            route("wild", "*.example.com", "/", "c"),
-            route("any-static", "", "/static/", "d"),
-            route("broken", "broken.test", "/", "empty"),
-            route("missing", "missing.test", "/", "nope"),
+            host_route("root", "localhost", "/", "a"),
+            host_route("api", "localhost", "/api", "b"),
+            host_route("wild", "*.example.com", "/", "c"),
+            host_route("any-static", "", "/static/", "d"),
+            host_route("broken", "broken.test", "/", "empty"),
+            host_route("missing", "missing.test", "/", "nope"),
         ],
     );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
@@ -494,11 +407,11 @@ async fn routes_by_host_and_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxy_v2_cluster_binds_upstream_connection_to_client() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let (app, accepts) = proxy_app().await;
     let mut pp = cluster("pp", &[app], true);
     pp.proxy_protocol_crc32c = true;
-    let snap = snapshot(1, &cert, vec![pp], vec![route("all", "", "/", "pp")]);
+    let snap = snapshot(1, &cert, vec![pp], vec![host_route("all", "", "/", "pp")]);
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
 
     let mut c1 = h1(n.addr, Some(v2_header(addr(CLIENT), addr(VIP))), &cert).await;
@@ -556,13 +469,13 @@ async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn bad_or_missing_proxy_header_closes_before_tls() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "", "/", "a")],
+        vec![host_route("all", "", "/", "a")],
     );
     let n = start_node(&snap, ProxyProtocolMode::Required).await;
 
@@ -600,15 +513,25 @@ async fn bad_or_missing_proxy_header_closes_before_tls() {
 
 #[tokio::test]
 async fn new_snapshot_changes_routes_and_bad_certificate_is_refused() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let (a, b) = (echo_app("a").await, echo_app("b").await);
     let clusters = vec![cluster("a", &[a], false), cluster("b", &[b], false)];
-    let v1 = snapshot(1, &cert, clusters.clone(), vec![route("all", "", "/", "a")]);
+    let v1 = snapshot(
+        1,
+        &cert,
+        clusters.clone(),
+        vec![host_route("all", "", "/", "a")],
+    );
     let n = start_node(&v1, ProxyProtocolMode::Optional).await;
     let mut s = h1(n.addr, None, &cert).await;
     assert_eq!(line(&get1(&mut s, "localhost", "/").await.body, "app"), "a");
 
-    let v2 = snapshot(2, &cert, clusters.clone(), vec![route("all", "", "/", "b")]);
+    let v2 = snapshot(
+        2,
+        &cert,
+        clusters.clone(),
+        vec![host_route("all", "", "/", "b")],
+    );
     n.node.apply(&v2).expect("apply v2");
     assert_eq!(n.node.config_version(), 2);
     // The open connection's next request, and a new connection, see it.
@@ -620,14 +543,19 @@ async fn new_snapshot_changes_routes_and_bad_certificate_is_refused() {
     );
 
     // A snapshot with a broken certificate is refused as a whole.
-    let mut v3 = snapshot(3, &cert, clusters.clone(), vec![route("all", "", "/", "a")]);
+    let mut v3 = snapshot(
+        3,
+        &cert,
+        clusters.clone(),
+        vec![host_route("all", "", "/", "a")],
+    );
     v3.certificates[0].cert_chain_pem =
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into();
     let err = n.node.apply(&v3).expect_err("bad certificate");
     assert!(err.contains("localhost"), "{err}");
     // A key that does not belong to the certificate, likewise.
-    let other = test_cert(&["localhost"]);
-    let mut v4 = snapshot(4, &cert, clusters, vec![route("all", "", "/", "a")]);
+    let other = test_cert();
+    let mut v4 = snapshot(4, &cert, clusters, vec![host_route("all", "", "/", "a")]);
     v4.certificates[0].private_key_pem = other.key_pem.clone();
     assert!(n.node.apply(&v4).is_err());
     assert_eq!(n.node.config_version(), 2);
@@ -641,7 +569,7 @@ async fn new_snapshot_changes_routes_and_bad_certificate_is_refused() {
 
 #[tokio::test]
 async fn connect_failure_retries_idempotent_requests_elsewhere() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     // A port nothing listens on.
     let dead = {
@@ -656,8 +584,8 @@ async fn connect_failure_retries_idempotent_requests_elsewhere() {
             cluster("dead", &[dead], false),
         ],
         vec![
-            route("mixed", "", "/", "mixed"),
-            route("dead", "", "/dead", "dead"),
+            host_route("mixed", "", "/", "mixed"),
+            host_route("dead", "", "/dead", "dead"),
         ],
     );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
@@ -673,21 +601,21 @@ async fn connect_failure_retries_idempotent_requests_elsewhere() {
 
 #[tokio::test]
 async fn shutdown_drains_and_returns() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "", "/", "a")],
+        vec![host_route("all", "", "/", "a")],
     );
-    let n = start_node(&snap, ProxyProtocolMode::Optional).await;
+    let mut n = start_node(&snap, ProxyProtocolMode::Optional).await;
     let mut s = h1(n.addr, None, &cert).await;
     assert_eq!(get1(&mut s, "localhost", "/").await.status, StatusCode::OK);
     n.shutdown.cancel();
     // The idle keep-alive connection is closed gracefully: serve returns
     // well before the drain timeout.
-    tokio::time::timeout(Duration::from_secs(1), n.task)
+    tokio::time::timeout(Duration::from_secs(1), &mut n.task)
         .await
         .expect("serve returned")
         .expect("join");
@@ -697,13 +625,13 @@ async fn shutdown_drains_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_are_forwarded_and_smuggling_is_refused() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "", "/", "a")],
+        vec![host_route("all", "", "/", "a")],
     );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
 
@@ -827,11 +755,16 @@ async fn counting_app() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn upstream_connections_are_shared_by_clients_and_closed_when_idle() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let (app, accepts, open) = counting_app().await;
     let mut c = cluster("shared", &[app], false);
     c.idle_timeout_ms = 300;
-    let snap = snapshot(1, &cert, vec![c], vec![route("all", "", "/", "shared")]);
+    let snap = snapshot(
+        1,
+        &cert,
+        vec![c],
+        vec![host_route("all", "", "/", "shared")],
+    );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
 
     // Sequential requests from two client connections: one upstream
@@ -868,13 +801,13 @@ async fn upstream_connections_are_shared_by_clients_and_closed_when_idle() {
 
 #[tokio::test]
 async fn tls13_prefers_aes128_gcm_over_the_clients_first_choice() {
-    let cert = test_cert(&["localhost"]);
+    let cert = test_cert();
     let app = echo_app("a").await;
     let snap = snapshot(
         1,
         &cert,
         vec![cluster("a", &[app], false)],
-        vec![route("all", "", "/", "a")],
+        vec![host_route("all", "", "/", "a")],
     );
     let n = start_node(&snap, ProxyProtocolMode::Optional).await;
     // rustls' client lists AES-256-GCM-SHA384 first.

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use control_api::Snapshot;
 use control_api::pb::{ListenerSettings, Redirect};
-use control_api::{Certificate, Snapshot};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -59,14 +58,7 @@ fn snapshot(app: SocketAddr, listener: Option<ListenerSettings>) -> Snapshot {
 /// A node on a loopback listener: plain HTTP, or TLS with `cert`.
 async fn start(mut snap: Snapshot, cert: Option<&TestCert>, drain: Duration) -> Running {
     if let Some(cert) = cert {
-        snap.certificates = vec![Certificate {
-            name: "localhost".into(),
-            sni_names: vec!["localhost".into()],
-            cert_chain_pem: cert.cert_pem.clone(),
-            private_key_pem: cert.key_pem.clone(),
-            default: true,
-            private_key_fingerprint: String::new(),
-        }];
+        snap.certificates = vec![certificate(cert)];
     }
     run_node(loopback().await, "node-s1", drain, &snap, cert.is_some())
 }
@@ -75,30 +67,12 @@ async fn plain_node(app: &App) -> Running {
     start(snapshot(app.addr, None), None, Duration::from_secs(1)).await
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn tls_connect(addr: SocketAddr, cert: &TestCert) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone()).expect("root");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("tls handshake")
-}
-
 impl Client<Tls> {
     async fn tls(addr: SocketAddr, cert: &TestCert) -> Self {
         Client {
-            s: tls_connect(addr, cert).await,
+            s: tls_connect(addr, None, &[b"http/1.1"], cert)
+                .await
+                .expect("tls handshake"),
             buf: Vec::new(),
         }
     }

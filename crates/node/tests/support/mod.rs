@@ -1,9 +1,10 @@
-//! Shared by the node's wire-level tests (`server_h1.rs`, `upstream_h1.rs`,
-//! `slow_peers.rs`, `depth.rs`): raw HTTP/1.1 reading on the client side
+//! Shared by the node's tests (`server_h1.rs`, `upstream_h1.rs`,
+//! `slow_peers.rs`, `depth.rs`, `e2e.rs`): raw HTTP/1.1 reading on the client side
 //! (heads, bodies by their framing, strict dechunking), scripted raw apps
 //! that record the exact bytes they receive, a raw client connection to the
-//! node, the test certificate and config pieces, and a node on a loopback
-//! listener that stops when dropped (`run_node`).
+//! node, the test certificate, a TLS client and config pieces, and a node
+//! on a loopback listener that stops when dropped (`run_node`). `e2e.rs`
+//! uses the certificate, TLS and node pieces.
 //!
 //! Each test crate uses part of it.
 #![allow(dead_code)]
@@ -584,6 +585,86 @@ pub fn test_cert() -> TestCert {
         key_pem: ck.signing_key.serialize_pem(),
         der: ck.cert.der().clone(),
     }
+}
+
+/// The value of `key=value` in a line of an app's text answer.
+pub fn line<'a>(body: &'a str, key: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or("<missing>")
+}
+
+/// The node's certificate resource for `cert` (default, SNI `localhost`).
+pub fn certificate(cert: &TestCert) -> control_api::Certificate {
+    control_api::Certificate {
+        name: "localhost".into(),
+        sni_names: vec!["localhost".into()],
+        cert_chain_pem: cert.cert_pem.clone(),
+        private_key_pem: cert.key_pem.clone(),
+        default: true,
+        private_key_fingerprint: String::new(),
+    }
+}
+
+pub type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A rustls client that trusts `cert` and offers `alpn`; with
+/// `client_auth` (leaf, its CA) it presents the leaf (mTLS).
+pub fn client_config(
+    cert: &TestCert,
+    alpn: &[&[u8]],
+    client_auth: Option<(&TestCert, &TestCert)>,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).expect("root");
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let mut cfg = match client_auth {
+        None => b.with_no_client_auth(),
+        Some((leaf, _ca)) => {
+            let key = rustls_pki_types::PrivateKeyDer::try_from(
+                rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
+                    .map(|k: rustls_pki_types::PrivateKeyDer<'static>| k.secret_der().to_vec())
+                    .expect("key pem"),
+            )
+            .expect("key");
+            b.with_client_auth_cert(vec![leaf.der.clone()], key)
+                .expect("client cert")
+        }
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+/// TLS to the node as `localhost` with `cfg`, after `preface` (a PROXY
+/// header, say) in the clear.
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    preface: Option<&[u8]>,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    if let Some(p) = preface {
+        tcp.write_all(p).await?;
+    }
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+}
+
+/// [`tls_connect_with`] a client that trusts `cert` and offers `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    preface: Option<&[u8]>,
+    alpn: &[&[u8]],
+    cert: &TestCert,
+) -> std::io::Result<Tls> {
+    tls_connect_with(addr, preface, Arc::new(client_config(cert, alpn, None))).await
 }
 
 /// A round-robin cluster: connect timeout 500 ms, response timeout 4 s.
