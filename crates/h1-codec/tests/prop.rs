@@ -763,18 +763,7 @@ fn request_headers() -> impl Strategy<Value = HeaderMap> {
         6 => token(20),
         1 => select(vec!["content-length", "Transfer-Encoding", "host", "connection"]).prop_map(str::to_string),
     ];
-    vec((name, field_value()), 0..16).prop_map(|v| {
-        let mut h = HeaderMap::new();
-        for (n, val) in v {
-            if let (Ok(n), Ok(val)) = (
-                HeaderName::from_bytes(n.as_bytes()),
-                HeaderValue::from_str(&val),
-            ) {
-                h.append(n, val);
-            }
-        }
-        h
-    })
+    header_map_of(name, 16)
 }
 
 fn body_framing() -> impl Strategy<Value = BodyFraming> {

@@ -1045,18 +1045,7 @@ fn header_map(framing_names: bool) -> impl Strategy<Value = HeaderMap> {
             "content-length", "Transfer-Encoding", "connection", "Content-Length",
         ]).prop_map(str::to_string),
     ];
-    vec((name, field_value()), 0..12).prop_map(|v| {
-        let mut h = HeaderMap::new();
-        for (n, val) in v {
-            if let (Ok(n), Ok(val)) = (
-                HeaderName::from_bytes(n.as_bytes()),
-                HeaderValue::from_str(&val),
-            ) {
-                h.append(n, val);
-            }
-        }
-        h
-    })
+    header_map_of(name, 12)
 }
 
 fn response_framing() -> impl Strategy<Value = ResponseFraming> {

@@ -93,3 +93,23 @@ pub fn connection_value() -> impl Strategy<Value = String> {
     ])
     .prop_map(str::to_string)
 }
+
+/// Header maps of up to `max` lines named by `names`, with field values
+/// (pairs the `http` crate refuses are left out).
+pub fn header_map_of(
+    names: impl Strategy<Value = String>,
+    max: usize,
+) -> impl Strategy<Value = http::HeaderMap> {
+    vec((names, field_value()), 0..max).prop_map(|v| {
+        let mut h = http::HeaderMap::new();
+        for (n, val) in v {
+            if let (Ok(n), Ok(val)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                http::HeaderValue::from_str(&val),
+            ) {
+                h.append(n, val);
+            }
+        }
+        h
+    })
+}
