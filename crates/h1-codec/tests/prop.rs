@@ -737,20 +737,11 @@ fn method() -> impl Strategy<Value = Method> {
 }
 
 fn target() -> impl Strategy<Value = String> {
-    const PCHAR: &[u8] = b"abcxyzABCXYZ0189-._~!$&'()*+,;=:@";
-    let seg = vec(
-        prop_oneof![
-            8 => select(PCHAR).prop_map(|b| char::from(b).to_string()),
-            1 => (0u8..=255).prop_map(|b| format!("%{b:02X}")),
-        ],
-        0..8,
-    )
-    .prop_map(|v| v.concat());
-    let path = vec(seg.clone(), 1..5).prop_map(|v| format!("/{}", v.join("/")));
-    let origin = (path, proptest::option::of(seg)).prop_map(|(p, q)| match q {
-        Some(q) => format!("{p}?{q}"),
-        None => p,
-    });
+    let origin =
+        (absolute_path(), proptest::option::of(path_segment())).prop_map(|(p, q)| match q {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        });
     prop_oneof![
         6 => origin.clone(),
         1 => Just("*".to_string()),

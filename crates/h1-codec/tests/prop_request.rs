@@ -128,15 +128,6 @@ fn method() -> impl Strategy<Value = String> {
 /// origin-form (`absolute-path ["?" query]`, RFC 9112 §3.2.1) or
 /// absolute-form (§3.2.2).
 fn target() -> impl Strategy<Value = String> {
-    const PCHAR: &[u8] = b"abcxyzABCXYZ0189-._~!$&'()*+,;=:@";
-    let seg = vec(
-        prop_oneof![
-            8 => select(PCHAR).prop_map(|b| char::from(b).to_string()),
-            1 => (0u8..=255).prop_map(|b| format!("%{b:02X}")),
-        ],
-        0..8,
-    )
-    .prop_map(|v| v.concat());
     let query = vec(
         prop_oneof![
             8 => select(PCHAR).prop_map(|b| char::from(b).to_string()),
@@ -145,8 +136,7 @@ fn target() -> impl Strategy<Value = String> {
         0..10,
     )
     .prop_map(|v| v.concat());
-    let path = vec(seg, 1..5).prop_map(|v| format!("/{}", v.join("/")));
-    let origin = (path, proptest::option::of(query)).prop_map(|(p, q)| match q {
+    let origin = (absolute_path(), proptest::option::of(query)).prop_map(|(p, q)| match q {
         Some(q) => format!("{p}?{q}"),
         None => p,
     });

@@ -113,3 +113,23 @@ pub fn header_map_of(
         h
     })
 }
+
+/// Characters a path segment may hold as they are (RFC 3986 `pchar`).
+pub const PCHAR: &[u8] = b"abcxyzABCXYZ0189-._~!$&'()*+,;=:@";
+
+/// A path segment: `pchar`s and percent-encoded octets (RFC 3986 §3.3).
+pub fn path_segment() -> impl Strategy<Value = String> + Clone {
+    vec(
+        prop_oneof![
+            8 => select(PCHAR).prop_map(|b| char::from(b).to_string()),
+            1 => (0u8..=255).prop_map(|b| format!("%{b:02X}")),
+        ],
+        0..8,
+    )
+    .prop_map(|v| v.concat())
+}
+
+/// An absolute path of one to four segments.
+pub fn absolute_path() -> impl Strategy<Value = String> + Clone {
+    vec(path_segment(), 1..5).prop_map(|v| format!("/{}", v.join("/")))
+}
