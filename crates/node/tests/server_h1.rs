@@ -67,6 +67,13 @@ async fn plain_node(app: &App) -> Running {
     start(snapshot(app.addr, None), None, Duration::from_secs(1)).await
 }
 
+/// An app that answers `path=<path>`, and a plain node in front of it.
+async fn echo_node() -> (App, Running) {
+    let app = App::start(echo_path()).await;
+    let n = plain_node(&app).await;
+    (app, n)
+}
+
 impl Client<Tls> {
     async fn tls(addr: SocketAddr, cert: &TestCert) -> Self {
         Client {
@@ -103,8 +110,7 @@ async fn pipelined<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>, app: &A
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
     pipelined(&mut c, &app).await;
 
@@ -222,8 +228,7 @@ async fn http10_clients_get_close_or_keep_alive_as_they_ask() {
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_only_when_the_body_is_forwarded() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
 
     // Forwarded: 100 Continue first (exactly), then the body, then 200.
     let mut c = Client::connect(n.addr).await;
@@ -285,8 +290,7 @@ async fn expect_100_continue_is_answered_only_when_the_body_is_forwarded() {
 
 #[tokio::test]
 async fn request_bodies_arrive_exactly_however_they_are_written() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
 
     // Content-Length, 300 bytes in 30 writes with pauses.
@@ -327,8 +331,7 @@ async fn request_bodies_arrive_exactly_however_they_are_written() {
 
 #[tokio::test]
 async fn a_client_leaving_mid_body_never_completes_the_request_upstream() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
 
     // Content-Length: 40 of 100 bytes, then the client stops sending.
     let mut c = Client::connect(n.addr).await;
@@ -356,8 +359,7 @@ async fn a_client_leaving_mid_body_never_completes_the_request_upstream() {
     );
 
     // Chunked: the app must not get the last chunk the client never sent.
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
     c.send(b"POST /cut2 HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         .await;
@@ -386,8 +388,7 @@ async fn a_client_leaving_mid_body_never_completes_the_request_upstream() {
 
     // A malformed chunked body is the client's fault: 400 (not a 502
     // blaming the app), the connection closes, the app gets no end.
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
     c.send(
         b"POST /bad HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
@@ -420,8 +421,7 @@ fn smuggling_post(host: &str, path: &str) -> (Vec<u8>, Vec<u8>) {
 
 #[tokio::test]
 async fn bodies_of_locally_answered_requests_are_never_read_as_requests() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
 
     for (host, path, status) in [("nowhere.test", "/", 404), ("app.test", "/old/x", 301)] {
         // The whole body came with the head: it is skipped, and the
@@ -473,8 +473,7 @@ async fn bodies_of_locally_answered_requests_are_never_read_as_requests() {
 
 #[tokio::test]
 async fn content_length_with_chunked_is_framed_by_chunked_and_closed_after() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
     // CL.TE: a Content-Length reader would take "GET /smuggled" as the
     // next request; chunked framing ends the body at the last chunk and
@@ -626,8 +625,7 @@ async fn an_app_dying_mid_body_never_looks_complete_to_the_client() {
 
 #[tokio::test]
 async fn node_answers_carry_a_date() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (_app, n) = echo_node().await;
     let mut c = Client::connect(n.addr).await;
     let r = c
         .request(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
@@ -649,8 +647,7 @@ async fn node_answers_carry_a_date() {
 
 #[tokio::test]
 async fn bad_heads_get_400_and_a_close() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     for req in [
         &b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\n\r\n",
@@ -706,8 +703,7 @@ async fn bad_heads_get_400_and_a_close() {
 
 #[tokio::test]
 async fn connection_close_head_and_absolute_form() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
 
     // HEAD to a local answer: no body bytes follow its head.
     let mut c = Client::connect(n.addr).await;
@@ -758,8 +754,7 @@ async fn connection_close_head_and_absolute_form() {
 async fn a_body_refused_while_the_client_still_sends_it_is_answered_413() {
     // curl without Expect: the whole (too large) body is being written
     // when the node answers 413. The client must still read the answer.
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let c = TcpStream::connect(n.addr).await.expect("connect");
     let (mut rd, mut wr) = c.into_split();
     let body = vec![b'b'; 8 << 20];
@@ -1015,8 +1010,7 @@ async fn drain_closes_idle_tls_connections_at_once() {
 
 #[tokio::test]
 async fn h2_with_prior_knowledge_on_the_plain_listener() {
-    let app = App::start(echo_path()).await;
-    let n = plain_node(&app).await;
+    let (app, n) = echo_node().await;
     let tcp = TcpStream::connect(n.addr).await.expect("connect");
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
