@@ -393,37 +393,6 @@ struct ResponseCase {
     read_sizes: Vec<usize>,
 }
 
-fn content_length_value() -> impl Strategy<Value = String> {
-    let n = prop_oneof![0u64..2000, 0u64..10_000_000_000_000_000_000];
-    prop_oneof![
-        6 => n.clone().prop_map(|n| n.to_string()),
-        1 => n.clone().prop_map(|n| format!("{n}, {n}")),
-        1 => n.clone().prop_map(|n| format!("{n},{n} ,\t{n}")),
-        1 => n.prop_map(|n| format!("00{n}")),
-        1 => select(vec![
-            "", "+3", "-1", "0x10", "1 2", "abc", "1.0", "3,", ",3", "3, ,3",
-            "18446744073709551616", "99999999999999999999", "١",
-        ]).prop_map(str::to_string),
-    ]
-}
-
-fn transfer_encoding_value() -> impl Strategy<Value = String> {
-    select(vec![
-        "chunked",
-        "Chunked",
-        "CHUNKED",
-        "gzip, chunked",
-        "gzip,chunked",
-        "deflate ,\tchunked",
-        "chunked, gzip",
-        "gzip",
-        "identity",
-        "x-chunked",
-        "chunkedx",
-    ])
-    .prop_map(str::to_string)
-}
-
 fn response_case() -> impl Strategy<Value = ResponseCase> {
     let other = line(token(20), field_value());
     let cl = line(cased("content-length"), content_length_value());

@@ -133,3 +133,34 @@ pub fn path_segment() -> impl Strategy<Value = String> + Clone {
 pub fn absolute_path() -> impl Strategy<Value = String> + Clone {
     vec(path_segment(), 1..5).prop_map(|v| format!("/{}", v.join("/")))
 }
+
+/// `Content-Length` values: numbers, lists of the same number, leading
+/// zeros, and malformed ones (signs, hex, lists of different numbers,
+/// overflow, non-ASCII digits, parameters).
+pub fn content_length_value() -> impl Strategy<Value = String> {
+    let n = prop_oneof![0u64..2000, any::<u64>()];
+    prop_oneof![
+        6 => n.clone().prop_map(|n| n.to_string()),
+        1 => n.clone().prop_map(|n| format!("{n}, {n}")),
+        1 => n.clone().prop_map(|n| format!("{n},{n} ,\t{n}")),
+        1 => n.prop_map(|n| format!("00{n}")),
+        2 => select(vec![
+            "", "+3", "-1", "0x10", "1 2", "abc", "1.0", "3,", ",3", "3, ,3", "3,4",
+            "18446744073709551616", "99999999999999999999", "١", "3;q=1",
+        ]).prop_map(str::to_string),
+    ]
+}
+
+/// `Transfer-Encoding` values: `chunked` in any case, codings before or
+/// after it, lists with empty elements, lookalikes.
+pub fn transfer_encoding_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => select(vec!["chunked", "Chunked", "CHUNKED"]),
+        2 => select(vec![
+            "gzip", "gzip, chunked", "gzip,chunked", "deflate ,\tchunked", "chunked, chunked",
+            "chunked,", ",chunked", "xchunked", "chunkedx", "x-chunked", "identity",
+            "chunked;q=1", "chunked , gzip", "chunked, gzip", "",
+        ]),
+    ]
+    .prop_map(str::to_string)
+}
