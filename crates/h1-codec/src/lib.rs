@@ -296,22 +296,13 @@ pub fn parse_response_lines(
     let mut seen = Seen::default();
     let mut te_lone_chunked = false;
     let mut has_date = false;
-    let mut connection_lists_headers = false;
     let mut spans = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         spans.push(span_of(base, h));
         let name = h.name.as_bytes();
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"date") => has_date = true,
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                seen.note_connection(h.value);
-                connection_lists_headers |= h.value.split(|b| *b == b',').any(|t| {
-                    let t = trim(t);
-                    !t.is_empty()
-                        && !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                });
-            }
+            10 if name.eq_ignore_ascii_case(b"connection") => seen.note_connection(h.value),
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 seen.note_content_length(h.value);
             }
@@ -336,7 +327,7 @@ pub fn parse_response_lines(
             te_lines: seen.te_lines,
             te_lone_chunked,
             has_date,
-            connection_lists_headers,
+            connection_lists_headers: seen.connection_lists_headers,
         },
         framing,
         keep_alive,
@@ -388,7 +379,7 @@ fn framing(
     let mut keep_alive = !seen.close
         && match version {
             Version::HTTP_11 => true,
-            _ => seen.keep_alive && !seen.te,
+            _ => seen.keep_alive && seen.te_lines == 0,
         };
     if head_request
         || status.is_informational()
@@ -397,7 +388,7 @@ fn framing(
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    if seen.te {
+    if seen.te_lines > 0 {
         // Both framings: Transfer-Encoding wins, and the connection is not
         // trusted with another message.
         if seen.content_length.is_some() {
@@ -423,9 +414,8 @@ pub(crate) struct Seen {
     /// `Host` lines, and whether the first one is a valid host.
     pub hosts: u32,
     pub first_host_valid: bool,
-    /// A `Transfer-Encoding` line; how many; whether the last coding of
-    /// the last one is `chunked`.
-    pub te: bool,
+    /// `Transfer-Encoding` lines, and whether the last coding of the last
+    /// one is `chunked`.
     pub te_lines: u32,
     pub te_last_chunked: bool,
     /// The `Content-Length` lines: one number (every value and list element
@@ -434,6 +424,8 @@ pub(crate) struct Seen {
     /// `Connection` tokens.
     pub close: bool,
     pub keep_alive: bool,
+    /// A `Connection` token names a header (not `close`, `keep-alive`).
+    pub connection_lists_headers: bool,
     /// The first `Expect` line says `100-continue`.
     pub expect_continue: bool,
     expect_seen: bool,
@@ -472,13 +464,15 @@ impl Seen {
     fn note_connection(&mut self, value: &[u8]) {
         for t in value.split(|b| *b == b',') {
             let t = trim(t);
-            self.close |= t.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            let close = t.eq_ignore_ascii_case(b"close");
+            let keep_alive = t.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            self.connection_lists_headers |= !t.is_empty() && !close && !keep_alive;
         }
     }
 
     fn note_transfer_encoding(&mut self, value: &[u8]) {
-        self.te = true;
         self.te_lines += 1;
         self.te_last_chunked = value
             .rsplit(|b| *b == b',')

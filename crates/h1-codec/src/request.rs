@@ -202,7 +202,7 @@ pub fn parse_request(
         _ => return Err(RequestError::DuplicateHost),
     }
     let mut keep_alive = !seen.close && (version == Version::HTTP_11 || seen.keep_alive);
-    let framing = if seen.te {
+    let framing = if seen.te_lines > 0 {
         if version == Version::HTTP_10 {
             return Err(RequestError::TransferEncodingHttp10);
         }
